@@ -1,0 +1,96 @@
+"""Per-app LMS call budget: a token bucket in the store (shared by all replicas) plus a
+circuit breaker (per process).
+
+Why the bucket is shaped this way: a token bucket with burst ``B`` and refill ``r`` admits at
+most ``B + r*T`` calls in any window of ``T`` seconds. With ``B = 10 %`` of the budget and
+``r = (budget - B) / 60 s``, no 60-second window, sliding or fixed, ever sees more than the
+budget, so an LMS that counts 100 calls per minute never answers 429 because of us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.errors import BudgetExhausted, LmsUnavailable
+from gateway.settings import BudgetSettings
+from gateway.store.base import Store
+
+
+@dataclass
+class _Circuit:
+    failures: int = 0
+    open_until: float = 0.0
+    probing: bool = False
+
+
+class Budget:
+    """The LMS calls one app may spend, shared by every replica through the store."""
+
+    def __init__(
+        self,
+        app: str,
+        settings: BudgetSettings,
+        store: Store,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self._store = store
+        self._clock = clock
+        self._key = f"budget:{app}"
+        self.burst = max(1.0, float(settings.calls_per_minute // 10))
+        self.refill_per_minute = max(0.1, settings.calls_per_minute - self.burst)
+        self._circuit = _Circuit()
+
+    @property
+    def circuit_open(self) -> bool:
+        return self._circuit.open_until > self._clock()
+
+    async def acquire(self) -> float:
+        """Take one call's token, waiting up to ``max_wait_seconds``; returns seconds waited.
+
+        Raises BudgetExhausted past the bound (the employee sees the queue page) and
+        LmsUnavailable while the circuit is open.
+        """
+        self._check_circuit()
+        started = self._clock()
+        deadline = started + self.settings.max_wait_seconds
+        while True:
+            wait = await self._store.take_token(self._key, self.refill_per_minute, self.burst)
+            if wait <= 0:
+                return self._clock() - started
+            remaining = deadline - self._clock()
+            if wait > remaining:
+                raise BudgetExhausted(
+                    f"LMS budget of app {self.app} spent; next call in {wait:.1f}s",
+                    retry_after=max(1.0, wait),
+                )
+            await asyncio.sleep(wait)
+
+    async def pause(self, seconds: float) -> None:
+        """The LMS said slow down: hold every replica's calls for ``seconds``."""
+        await self._store.pause_bucket(self._key, max(1.0, min(seconds, 600.0)))
+
+    def _check_circuit(self) -> None:
+        circuit = self._circuit
+        if circuit.open_until == 0.0:
+            return
+        if circuit.open_until > self._clock():
+            raise LmsUnavailable(f"circuit open for app {self.app}")
+        if circuit.probing:
+            # One probe at a time while half-open; the others are refused at once.
+            raise LmsUnavailable(f"circuit half-open for app {self.app}, probe in flight")
+        circuit.probing = True
+
+    def record_success(self) -> None:
+        self._circuit = _Circuit()
+
+    def record_failure(self) -> None:
+        circuit = self._circuit
+        circuit.failures += 1
+        circuit.probing = False
+        if circuit.failures >= self.settings.circuit_failures:
+            circuit.open_until = self._clock() + self.settings.circuit_open_seconds

@@ -1,0 +1,94 @@
+"""What every LMS connector offers, and the values it hands back.
+
+A connector is a plain class with async methods and no framework imports. It gets its
+settings, an :class:`gateway.connectors._http.LmsHttp` (pooled client + budget + error
+mapping) and turns a :class:`gateway.identity.Profile` into a signed-in LMS session.
+
+Contract of :meth:`Connector.sign_in` (what ``provisioning.py`` relies on):
+
+* ``known`` is the account cached from an earlier sign-in of this employee, or None.
+* ``known`` given and ``known.profile_digest == profile.digest()``: the connector spends
+  exactly **one** LMS call (the one that mints the link).
+* ``known`` given but the digest differs: the connector may update the account first
+  (when the app's ``update_on_login`` is on), then mint the link.
+* ``known`` None: find, create or reactivate the account, then mint the link.
+* The LMS says the cached user does not exist: raise :class:`gateway.errors.AccountGone`;
+  provisioning drops the cache entry and calls again with ``known=None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from gateway.identity import Profile
+
+
+@dataclass(frozen=True, slots=True)
+class LmsAccount:
+    """An LMS account as the gateway caches it: never a secret, never a link."""
+
+    user_id: str
+    profile_digest: str
+
+
+class ProvisionAction(StrEnum):
+    NONE = "none"
+    CREATED = "created"
+    UPDATED = "updated"
+    REACTIVATED = "reactivated"
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """A freshly minted sign-in link. ``url`` is a credential: never log or cache it."""
+
+    url: str
+    account: LmsAccount
+    action: ProvisionAction
+
+    def __repr__(self) -> str:
+        return f"SignIn(url=<redacted>, account={self.account!r}, action={self.action!s})"
+
+
+@dataclass(frozen=True, slots=True)
+class LessonSchedule:
+    """One lesson schedule of an employee (Damstra), as a portal may show it."""
+
+    id: str
+    name: str
+    status: str
+    start_date: str | None = None
+    due_date: str | None = None
+    thumbnail_url: str | None = None
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """One LMS tenant."""
+
+    async def test_connection(self) -> None:
+        """Raise a ConnectorError when the LMS cannot be reached or refuses our credentials."""
+
+    async def sign_in(
+        self, profile: Profile, known: LmsAccount | None, target: str | None
+    ) -> SignIn:
+        """Provision as needed and mint a sign-in link (see the module docstring)."""
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+
+
+@runtime_checkable
+class EmbedCapable(Protocol):
+    """Connectors whose LMS can show a lesson player in a portal's iframe (Damstra)."""
+
+    async def lesson_schedules(self, user_id: str, status: str | None) -> list[LessonSchedule]:
+        """The employee's lesson schedules, optionally filtered by status."""
+
+    async def embed_url(self, user_id: str, lesson_schedule_id: str) -> str:
+        """A player URL for a lesson schedule that belongs to ``user_id``.
+
+        A schedule of another employee raises NotFound, exactly like a missing one.
+        """

@@ -1,0 +1,291 @@
+"""Typed, frozen settings: data and defaults only.
+
+Each class here is one TOML table of the configuration file (``config/gateway.example.toml``
+documents every key). ``config.py`` loads the file, resolves secrets and validates it into
+these classes, reporting every problem at once. Validation is pydantic's (unknown keys are
+rejected); cross-field rules live in ``config.py``.
+
+Secrets are never literal values in the file: a secret key takes ``{ env = "NAME" }`` or
+``{ file = "/run/secrets/name" }`` and is resolved at load time into a :class:`Secret`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import PlainValidator, ConfigDict, Field, ValidationInfo
+from pydantic.dataclasses import dataclass
+
+STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class Secret:
+    """A secret value whose ``repr``/``str`` never show it (safe in logs and tracebacks)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _resolve_secret(value: Any, info: ValidationInfo) -> Secret:
+    """Turn ``{env = NAME}`` / ``{file = PATH}`` into a Secret; refuse literal values."""
+    if isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        raise ValueError(
+            'secrets may not be written in the file; use { env = "NAME" } or { file = "PATH" }'
+        )
+    if not isinstance(value, dict) or set(value) not in ({"env"}, {"file"}):
+        raise ValueError('expected { env = "NAME" } or { file = "PATH" }')
+    environ: dict[str, str] = (info.context or {}).get("environ", {})
+    if "env" in value:
+        name = str(value["env"])
+        if not environ.get(name):
+            raise ValueError(f"environment variable {name} is not set or empty")
+        return Secret(environ[name])
+    path = str(value["file"])
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if not text:
+        raise ValueError(f"secret file {path} is empty")
+    return Secret(text)
+
+
+SecretValue = Annotated[Secret, PlainValidator(_resolve_secret)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
+
+@dataclass(config=STRICT)
+class GatewaySettings:
+    """``[gateway]``: the gateway's own address, cookies and behaviour."""
+
+    public_url: str
+    signing_key: SecretValue
+    cookie_secure: bool = True
+    session_lifetime_seconds: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 8 * 3600
+    # Hosts a ``target`` / RelayState may send the browser to besides our own pages.
+    allowed_return_hosts: tuple[str, ...] = ()
+    # Demo/local only: allows http:// URLs for IdPs and LMS hosts. Never in production.
+    dev_mode: bool = False
+    # How long a started sign-in may take at the IdP before its state expires.
+    login_timeout_seconds: Annotated[int, Field(ge=30, le=3600)] = 600
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+
+@dataclass(config=STRICT)
+class StoreSettings:
+    """``[store]``: where state shared by replicas lives."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretValue | None = None
+    key_prefix: str = "gateway:"
+    # Redis TLS: a rediss:// URL turns it on; this names the CA bundle to trust.
+    tls_ca_file: str | None = None
+
+
+@dataclass(config=STRICT)
+class ClaimMapping:
+    """Which claim (OIDC) or attribute (SAML) carries each Identity field.
+
+    Empty fields fall back to the IdP's ``preset``.
+    """
+
+    subject: str | None = None
+    email: str | None = None
+    given_name: str | None = None
+    family_name: str | None = None
+    display_name: str | None = None
+    employee_number: str | None = None
+    groups: str | None = None
+
+
+@dataclass(config=STRICT)
+class OidcIdpSettings:
+    """``[idp.<name>]`` with ``type = "oidc"``."""
+
+    type: Literal["oidc"]
+    issuer: str
+    client_id: str
+    client_secret: SecretValue | None = None
+    display_name: str | None = None
+    preset: Literal["generic", "entra", "okta", "google", "keycloak"] = "generic"
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    claims: ClaimMapping = Field(default_factory=ClaimMapping)
+    # Signing algorithms accepted for ID tokens; never "none" nor an HMAC algorithm.
+    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256")
+    leeway_seconds: Annotated[int, Field(ge=0, le=300)] = 60
+    max_token_age_seconds: Annotated[int, Field(ge=30, le=86400)] = 600
+    fetch_userinfo: bool = True
+    # After POST /logout, continue to the IdP's end_session_endpoint when it has one.
+    end_session: bool = False
+    # Least time between two JWKS fetches triggered by an unknown ``kid``.
+    jwks_min_refresh_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+
+
+@dataclass(config=STRICT)
+class SamlIdpSettings:
+    """``[idp.<name>]`` with ``type = "saml"``."""
+
+    type: Literal["saml"]
+    sp_entity_id: str
+    display_name: str | None = None
+    # IdP metadata: one of metadata_file, metadata_url, or entity_id + sso_url + certificate_files.
+    metadata_file: str | None = None
+    metadata_url: str | None = None
+    metadata_refresh_seconds: Annotated[int, Field(ge=60)] = 3600
+    entity_id: str | None = None
+    sso_url: str | None = None
+    slo_url: str | None = None
+    certificate_files: tuple[str, ...] = ()
+    sp_key_file: str | None = None
+    sp_cert_file: str | None = None
+    sign_requests: bool = False
+    # Which element the IdP signs: the assertion (default), the response, or both.
+    signed: Literal["assertion", "response", "both", "either"] = "assertion"
+    name_id_format: str = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+    preset: Literal["generic", "entra", "adfs", "okta", "eduperson"] = "generic"
+    attributes: ClaimMapping = Field(default_factory=ClaimMapping)
+    clock_skew_seconds: Annotated[int, Field(ge=0, le=300)] = 60
+    allow_idp_initiated: bool = False
+    default_app: str | None = None
+    allow_sha1: bool = False
+    max_response_bytes: Annotated[int, Field(ge=4096, le=2_000_000)] = 256_000
+
+
+IdpSettings = Annotated[OidcIdpSettings | SamlIdpSettings, Field(discriminator="type")]
+
+
+@dataclass(config=STRICT)
+class BudgetSettings:
+    """``[app.<name>.budget]``: the LMS calls per minute this app may spend."""
+
+    calls_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 100
+    # A sign-in waits this long for a token before the queue page is shown.
+    max_wait_seconds: Annotated[float, Field(ge=0, le=60)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=5)] = 2
+    circuit_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    circuit_open_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
+
+
+@dataclass(config=STRICT)
+class HttpSettings:
+    """Timeouts for one connector's HTTP client (seconds)."""
+
+    connect_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    read_timeout: Annotated[float, Field(gt=0, le=120)] = 15.0
+    max_connections: Annotated[int, Field(ge=1, le=1000)] = 50
+
+
+@dataclass(config=STRICT)
+class SkyPrepSettings:
+    """``[app.<name>.skyprep]``."""
+
+    api_key: SecretValue
+    # The tenant's SkyPrep domain, e.g. "acme.skyprepapp.com" (sent as acct_key).
+    acct_key: str
+    api_url: str = "https://api.skyprep.io/admin/api"
+    # Host the returned sign-in link must be on; defaults to acct_key.
+    login_host: str | None = None
+    key_type: Literal["daily", "time", "otl"] = "otl"
+    autocreate: bool = True
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+
+@dataclass(config=STRICT)
+class DamstraSettings:
+    """``[app.<name>.damstra]``."""
+
+    access_key: SecretValue
+    api_url: str = "https://api.velpic.com/api/v2"
+    # Host the generated sign-in and player links must be on.
+    login_host: str = "app.velpic.com"
+    expires_in: Literal["hour", "day", "week", "month"] = "day"
+    # Embed every lesson type (embed_player/version/{id}) instead of the default player.
+    embed_all_lesson_types: bool = False
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+
+@dataclass(config=STRICT)
+class LitmosSettings:
+    """``[app.<name>.litmos]``."""
+
+    api_key: SecretValue
+    # The company's Litmos host that LoginKey links must be on, e.g. "acme.litmos.com".
+    login_host: str
+    region: Literal["us", "eu", "au"] = "us"
+    api_url: str | None = None
+    source: str = "gateway"
+    # Team ids every employee of this app is added to, and group -> team id mapping.
+    teams: tuple[str, ...] = ()
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+
+@dataclass(config=STRICT)
+class AppSettings:
+    """``[app.<name>]``: one LMS tenant employees are sent to."""
+
+    connector: Literal["skyprep", "damstra", "litmos"]
+    idps: tuple[Name, ...]
+    display_name: str | None = None
+    # Access rules: all that are set must hold.
+    allowed_email_domains: tuple[str, ...] = ()
+    required_groups: tuple[str, ...] = ()
+    # IdP group -> LMS group (or Litmos team id). Unmapped IdP groups are not sent.
+    group_map: dict[str, str] = Field(default_factory=dict)
+    # IdP group -> LMS role / access level; the first matching group wins.
+    role_map: dict[str, str] = Field(default_factory=dict)
+    default_role: str | None = None
+    # Which Identity field becomes the LMS username / matches existing accounts.
+    username: Literal["email", "subject", "employee_number"] = "email"
+    match_by: Literal["email", "employee_number"] = "email"
+    reactivate: bool = True
+    update_on_login: bool = False
+    # Where to send the employee inside the LMS when no target is given.
+    default_target: str | None = None
+    account_cache_seconds: Annotated[int, Field(ge=0, le=90 * 86400)] = 7 * 86400
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    skyprep: SkyPrepSettings | None = None
+    damstra: DamstraSettings | None = None
+    litmos: LitmosSettings | None = None
+
+
+@dataclass(config=STRICT)
+class PortalSettings:
+    """``[portal.<name>]``: a portal back-end allowed to call ``/api/v1``."""
+
+    # hex SHA-256 of the bearer credential; the credential itself is never stored.
+    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    apps: tuple[Name, ...]
+    # Origins allowed to frame /embed pages and to call /api/v1 from a browser (CORS).
+    origins: tuple[str, ...] = ()
+
+
+@dataclass(config=STRICT)
+class Settings:
+    """The whole configuration."""
+
+    gateway: GatewaySettings
+    idp: dict[Name, IdpSettings]
+    app: dict[Name, AppSettings]
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    portal: dict[Name, PortalSettings] = Field(default_factory=dict)
