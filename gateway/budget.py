@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.errors import BudgetExhausted, LmsUnavailable
@@ -23,7 +23,8 @@ from gateway.store.base import Store
 class _Circuit:
     failures: int = 0
     open_until: float = 0.0
-    probing: bool = False
+    # When the half-open probe was let through (None: no probe in flight).
+    probe_started: float | None = None
 
 
 class Budget:
@@ -35,11 +36,15 @@ class Budget:
         settings: BudgetSettings,
         store: Store,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``clock`` and ``sleep`` are injectable so tests can run minutes of traffic in
+        virtual time (the clock must be the store's clock for that to mean anything)."""
         self.app = app
         self.settings = settings
         self._store = store
         self._clock = clock
+        self._sleep = sleep
         self._key = f"budget:{app}"
         self.burst = max(1.0, float(settings.calls_per_minute // 10))
         self.refill_per_minute = max(0.1, settings.calls_per_minute - self.burst)
@@ -55,7 +60,17 @@ class Budget:
         Raises BudgetExhausted past the bound (the employee sees the queue page) and
         LmsUnavailable while the circuit is open.
         """
-        self._check_circuit()
+        probe = self._check_circuit()
+        try:
+            return await self._take()
+        except BaseException:
+            # A probe that never reached the LMS (queue page, store down, client gone)
+            # proved nothing: free the slot so the next sign-in can probe.
+            if probe is not None and self._circuit.probe_started == probe:
+                self._circuit.probe_started = None
+            raise
+
+    async def _take(self) -> float:
         started = self._clock()
         deadline = started + self.settings.max_wait_seconds
         while True:
@@ -68,22 +83,31 @@ class Budget:
                     f"LMS budget of app {self.app} spent; next call in {wait:.1f}s",
                     retry_after=max(1.0, wait),
                 )
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
     async def pause(self, seconds: float) -> None:
         """The LMS said slow down: hold every replica's calls for ``seconds``."""
         await self._store.pause_bucket(self._key, max(1.0, min(seconds, 600.0)))
 
-    def _check_circuit(self) -> None:
+    def _check_circuit(self) -> float | None:
+        """Refuse at once while open; while half-open let one probe through and return
+        the time it started (None when the circuit is closed)."""
         circuit = self._circuit
         if circuit.open_until == 0.0:
-            return
-        if circuit.open_until > self._clock():
+            return None
+        now = self._clock()
+        if circuit.open_until > now:
             raise LmsUnavailable(f"circuit open for app {self.app}")
-        if circuit.probing:
-            # One probe at a time while half-open; the others are refused at once.
+        # One probe at a time while half-open; the others are refused at once. A probe that
+        # never reports back (e.g. its call ended in a 429, which is neither success nor
+        # failure) is given up after another open period, so the circuit cannot stick.
+        if (
+            circuit.probe_started is not None
+            and now - circuit.probe_started < self.settings.circuit_open_seconds
+        ):
             raise LmsUnavailable(f"circuit half-open for app {self.app}, probe in flight")
-        circuit.probing = True
+        circuit.probe_started = now
+        return now
 
     def record_success(self) -> None:
         self._circuit = _Circuit()
@@ -91,6 +115,6 @@ class Budget:
     def record_failure(self) -> None:
         circuit = self._circuit
         circuit.failures += 1
-        circuit.probing = False
+        circuit.probe_started = None
         if circuit.failures >= self.settings.circuit_failures:
             circuit.open_until = self._clock() + self.settings.circuit_open_seconds

@@ -13,6 +13,7 @@ that also appears in the log line. Anything else is a bug and becomes a generic 
     ├── AuthenticationError            401    "sign-in could not be completed"
     │   ├── LoginStateError            400    missing/expired/replayed state, foreign browser
     │   ├── IdpRejected                401    IdP answered error=... (access_denied, ...)
+    │   ├── IdpUnavailable             503    IdP discovery/token/userinfo unreachable
     │   └── TokenValidationError       401    ID token / SAML response failed a check
     │       └── ReplayDetected         401    nonce, state, assertion id used twice
     ├── AccessDenied                   403    "your account may not use this app"
@@ -90,6 +91,14 @@ class LoginStateError(AuthenticationError):
 class IdpRejected(AuthenticationError):
     code = "idp_rejected"
     public = "Your identity provider did not complete the sign-in."
+
+
+class IdpUnavailable(AuthenticationError):
+    """The IdP's discovery, token or userinfo endpoint could not be reached or answered 5xx."""
+
+    status = 503
+    code = "idp_unavailable"
+    public = "Your sign-in service cannot be reached right now. Please try again in a few minutes."
 
 
 class TokenValidationError(AuthenticationError):

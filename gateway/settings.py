@@ -216,10 +216,14 @@ class DamstraSettings:
     """``[app.<name>.damstra]``."""
 
     access_key: SecretValue
-    api_url: str = "https://api.velpic.com/api/v2"
-    # Host the generated sign-in and player links must be on.
+    # The document's "API Endpoint" (its curl example uses the same host).
+    api_url: str = "https://app.velpic.com/api/v2"
+    # Host the generated sign-in and player links must be on (the documented embedUrl
+    # example is on app.velpic.com).
     login_host: str = "app.velpic.com"
-    expires_in: Literal["hour", "day", "week", "month"] = "day"
+    # Documented values are disabled, never, day, week, month, year; "never"/"year" links
+    # are long-lived credentials and "disabled" mints nothing usable, so only these three.
+    expires_in: Literal["day", "week", "month"] = "day"
     # Embed every lesson type (embed_player/version/{id}) instead of the default player.
     embed_all_lesson_types: bool = False
     http: HttpSettings = Field(default_factory=HttpSettings)

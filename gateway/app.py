@@ -1,0 +1,228 @@
+"""The composition root: the only place that builds clients, stores, front doors and
+connectors. Handlers (``gateway/web/handlers.py``) read them from ``app.state.services``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gateway.auth.base import FrontDoor
+from gateway.auth.oidc import OidcFrontDoor
+from gateway.auth.saml import SamlFrontDoor
+from gateway.auth.session import SessionManager
+from gateway.budget import Budget
+from gateway.connectors import CONNECTORS
+from gateway.connectors._http import LmsHttp, build_client
+from gateway.connectors.base import Connector
+from gateway.errors import GatewayError, NotFound
+from gateway.observability import Metrics, request_id_var
+from gateway.provisioning import Provisioner
+from gateway.settings import AppSettings, OidcIdpSettings, Settings
+from gateway.store.base import Store
+from gateway.store.memory import MemoryStore
+from gateway.web import handlers
+from gateway.web.pages import STATIC_DIR, Pages
+
+log = logging.getLogger("gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass
+class AppRuntime:
+    """One configured app with the parts built for it."""
+
+    name: str
+    settings: AppSettings
+    connector: Connector
+    provisioner: Provisioner
+    budget: Budget
+
+
+@dataclass
+class Services:
+    """Everything handlers need, built once per process by :func:`create_app`."""
+
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    sessions: SessionManager
+    pages: Pages
+    front_doors: dict[str, FrontDoor]
+    apps: dict[str, AppRuntime]
+    own_host: str
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    def app(self, name: str) -> AppRuntime:
+        runtime = self.apps.get(name)
+        if runtime is None:
+            raise NotFound(f"unknown app {name[:64]!r}")
+        return runtime
+
+    def front_door(self, name: str) -> FrontDoor:
+        door = self.front_doors.get(name)
+        if door is None:
+            raise NotFound(f"unknown IdP {name[:64]!r}")
+        return door
+
+
+def build_store(settings: Settings) -> Store:
+    if settings.store.backend == "redis":
+        from gateway.store.redis import RedisStore  # only deployments with Redis import it
+
+        password = settings.store.password.reveal() if settings.store.password else None
+        return RedisStore(
+            settings.store.url, password=password, key_prefix=settings.store.key_prefix,
+            tls_ca_file=settings.store.tls_ca_file,
+        )
+    return MemoryStore()
+
+
+def build_services(settings: Settings, store: Store | None = None) -> Services:
+    """Build every long-lived part from settings (no I/O: that happens in the lifespan)."""
+    gw = settings.gateway
+    store = store if store is not None else build_store(settings)
+    metrics = Metrics()
+    public = gw.public_url.rstrip("/")
+    own_host = urlsplit(public).netloc
+    idp_client = httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
+        headers={"User-Agent": "gateway/0.1 (+sso)"},
+    )
+    clients = [idp_client]
+    front_doors: dict[str, FrontDoor] = {}
+    for name, idp in settings.idp.items():
+        if isinstance(idp, OidcIdpSettings):
+            front_doors[name] = OidcFrontDoor(
+                name, idp, idp_client, store, f"{public}/auth/{name}/callback", metrics,
+                dev_mode=gw.dev_mode, login_timeout=gw.login_timeout_seconds,
+            )
+        else:
+            front_doors[name] = SamlFrontDoor(
+                name, idp, idp_client, store, f"{public}/auth/{name}/acs",
+                f"{public}/auth/{name}/metadata", metrics,
+                dev_mode=gw.dev_mode, login_timeout=gw.login_timeout_seconds,
+            )
+    apps: dict[str, AppRuntime] = {}
+    for name, app in settings.app.items():
+        connector_settings = getattr(app, app.connector)
+        client = build_client(connector_settings.http)
+        clients.append(client)
+        budget = Budget(name, app.budget, store)
+        http = LmsHttp(name, client, budget, metrics)
+        connector = CONNECTORS[app.connector](name, app, http, dev_mode=gw.dev_mode)
+        provisioner = Provisioner(name, app, connector, store, metrics)
+        apps[name] = AppRuntime(name, app, connector, provisioner, budget)
+    relevant_groups = {
+        group
+        for app in settings.app.values()
+        for group in (*app.required_groups, *app.group_map, *app.role_map)
+    }
+    sessions = SessionManager(
+        gw.signing_key.reveal(), store, secure=gw.cookie_secure,
+        lifetime=gw.session_lifetime_seconds, login_timeout=gw.login_timeout_seconds,
+        relevant_groups=relevant_groups,
+    )
+    return Services(
+        settings=settings, store=store, metrics=metrics, sessions=sessions, pages=Pages(),
+        front_doors=front_doors, apps=apps, own_host=own_host, clients=clients,
+    )
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id on every log line and response, and the security
+    headers every page gets unless a handler set its own (embed pages set frame-ancestors)."""
+
+    def __init__(self, app: ASGIApp, *, secure: bool) -> None:
+        self.app = app
+        self.secure = secure
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = secrets.token_hex(8)
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                for name, value in self._defaults():
+                    if name not in present:
+                        headers.append((name, value))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            request_id_var.reset(token)
+
+    def _defaults(self) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-security-policy",
+             b"default-src 'none'; style-src 'self'; img-src 'self' data:; "
+             b"frame-ancestors 'none'; base-uri 'none'"),
+            (b"x-frame-options", b"DENY"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"cache-control", b"no-store"),
+        ]
+        if self.secure:
+            headers.append((b"strict-transport-security", b"max-age=31536000"))
+        return headers
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
+    """The ASGI application for ``settings``."""
+    services = build_services(settings, store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for door in services.front_doors.values():
+            await door.start()
+        try:
+            yield
+        finally:
+            for door in services.front_doors.values():
+                await door.aclose()
+            for runtime in services.apps.values():
+                await runtime.connector.aclose()
+            for client in services.clients:
+                await client.aclose()
+            await services.store.aclose()
+
+    routes = [
+        *handlers.routes(),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContext, secure=settings.gateway.cookie_secure)],
+        exception_handlers={GatewayError: handlers.gateway_error, Exception: handlers.internal_error},
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app
+
+
+__all__ = ["AppRuntime", "Route", "Services", "create_app"]

@@ -1,0 +1,193 @@
+"""Load the TOML configuration into :class:`gateway.settings.Settings`.
+
+Config is data, then load, then validate: every problem is collected (pydantic's shape
+errors, then the cross-field rules below) and reported at once as ``key.path: reason`` lines
+in one :class:`gateway.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import TypeAdapter, ValidationError
+
+from gateway.errors import ConfigError
+from gateway.settings import (
+    AppSettings,
+    OidcIdpSettings,
+    SamlIdpSettings,
+    Settings,
+)
+
+_ADAPTER: TypeAdapter[Settings] | None = None
+
+_MESSAGES = {
+    "Unexpected keyword argument": "unknown key",
+    "Extra inputs are not permitted": "unknown key",
+    "Field required": "missing required key",
+    "Missing required argument": "missing required key",
+}
+
+
+def _adapter() -> TypeAdapter[Settings]:
+    global _ADAPTER  # built lazily: schema generation costs ~50 ms and is not import-time work
+    if _ADAPTER is None:
+        _ADAPTER = TypeAdapter(Settings)
+    return _ADAPTER
+
+
+def load_settings(path: str, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` and return validated settings, or raise ConfigError with every problem."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_settings(data, environ if environ is not None else os.environ)
+
+
+def parse_settings(data: dict[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Validate already-parsed TOML data (see :func:`load_settings`)."""
+    try:
+        settings = _adapter().validate_python(data, context={"environ": dict(environ)})
+    except ValidationError as exc:
+        raise ConfigError(sorted({_describe(err) for err in exc.errors()})) from None
+    problems = check_rules(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    # Discriminated unions put the tag into the location (idp.x.oidc.issuer): drop it.
+    if len(loc) > 2 and loc[0] == "idp" and loc[2] in ("oidc", "saml"):
+        del loc[2]
+    if loc and loc[-1] == "[key]":
+        loc[-1] = "(name)"
+    message = str(error["msg"])
+    message = _MESSAGES.get(message, message)
+    message = message.removeprefix("Value error, ")
+    return f"{'.'.join(loc) or '(top level)'}: {message}"
+
+
+def _https_problem(key: str, url: str | None, dev_mode: bool) -> str | None:
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"{key}: not a URL"
+    allowed = ("https", "http") if dev_mode else ("https",)
+    if parts.scheme not in allowed or not parts.hostname:
+        return f"{key}: must be an absolute https:// URL" + ("" if dev_mode else " (http only in dev_mode)")
+    if parts.username or parts.password:
+        return f"{key}: must not carry credentials"
+    return None
+
+
+def check_rules(settings: Settings) -> list[str]:
+    """Cross-field rules pydantic cannot express; returns every problem found."""
+    gw = settings.gateway
+    dev = gw.dev_mode
+    problems: list[str | None] = [_https_problem("gateway.public_url", gw.public_url, dev)]
+    if urlsplit(gw.public_url).path not in ("", "/"):
+        problems.append("gateway.public_url: must be an origin without a path")
+    if not gw.cookie_secure and not dev:
+        problems.append("gateway.cookie_secure: may be false only with gateway.dev_mode = true")
+    if len(gw.signing_key.reveal()) < 32:
+        problems.append("gateway.signing_key: must be at least 32 characters of random data")
+    if not settings.idp:
+        problems.append("idp: at least one identity provider is required")
+    if not settings.app:
+        problems.append("app: at least one app is required")
+    for name, idp in settings.idp.items():
+        problems.extend(_idp_problems(f"idp.{name}", idp, settings, dev))
+    for name, app in settings.app.items():
+        problems.extend(_app_problems(f"app.{name}", app, settings, dev))
+    for name, portal in settings.portal.items():
+        for app_name in portal.apps:
+            if app_name not in settings.app:
+                problems.append(f"portal.{name}.apps: unknown app {app_name!r}")
+        for origin in portal.origins:
+            if _https_problem("x", origin, dev) or urlsplit(origin).path:
+                problems.append(f"portal.{name}.origins: {origin!r} is not an https origin")
+    if settings.store.backend == "redis":
+        scheme = urlsplit(settings.store.url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            problems.append("store.url: must be a redis://, rediss:// or unix:// URL")
+    return [p for p in problems if p]
+
+
+def _idp_problems(
+    key: str, idp: OidcIdpSettings | SamlIdpSettings, settings: Settings, dev: bool
+) -> list[str | None]:
+    if isinstance(idp, OidcIdpSettings):
+        bad_algs = [a for a in idp.algorithms if a == "none" or a.startswith("HS")]
+        return [
+            _https_problem(f"{key}.issuer", idp.issuer, dev),
+            f"{key}.algorithms: {', '.join(bad_algs)} not allowed (asymmetric algorithms only)"
+            if bad_algs else None,
+            f"{key}.algorithms: at least one algorithm is required" if not idp.algorithms else None,
+            f"{key}.scopes: must include 'openid'" if "openid" not in idp.scopes else None,
+        ]
+    sources = [
+        idp.metadata_file is not None,
+        idp.metadata_url is not None,
+        idp.entity_id is not None or idp.sso_url is not None or bool(idp.certificate_files),
+    ]
+    problems: list[str | None] = [
+        _https_problem(f"{key}.metadata_url", idp.metadata_url, dev),
+        _https_problem(f"{key}.sso_url", idp.sso_url, dev),
+    ]
+    if sum(sources) != 1:
+        problems.append(
+            f"{key}: set exactly one of metadata_file, metadata_url, or "
+            "entity_id + sso_url + certificate_files"
+        )
+    elif sources[2] and not (idp.entity_id and idp.sso_url and idp.certificate_files):
+        problems.append(f"{key}: inline metadata needs entity_id, sso_url and certificate_files")
+    if (idp.sp_key_file is None) != (idp.sp_cert_file is None):
+        problems.append(f"{key}: sp_key_file and sp_cert_file go together")
+    if idp.sign_requests and idp.sp_key_file is None:
+        problems.append(f"{key}.sign_requests: needs sp_key_file and sp_cert_file")
+    for file_key in ("metadata_file", "sp_key_file", "sp_cert_file"):
+        path = getattr(idp, file_key)
+        if path is not None and not os.path.isfile(path):
+            problems.append(f"{key}.{file_key}: no such file {path!r}")
+    for path in idp.certificate_files:
+        if not os.path.isfile(path):
+            problems.append(f"{key}.certificate_files: no such file {path!r}")
+    if idp.default_app is not None and idp.default_app not in settings.app:
+        problems.append(f"{key}.default_app: unknown app {idp.default_app!r}")
+    return problems
+
+
+def _app_problems(key: str, app: AppSettings, settings: Settings, dev: bool) -> list[str | None]:
+    problems: list[str | None] = []
+    if not app.idps:
+        problems.append(f"{key}.idps: at least one IdP is required")
+    for idp_name in app.idps:
+        if idp_name not in settings.idp:
+            problems.append(f"{key}.idps: unknown IdP {idp_name!r}")
+    for section in ("skyprep", "damstra", "litmos"):
+        present = getattr(app, section) is not None
+        if section == app.connector and not present:
+            problems.append(f"{key}.{section}: missing (connector = {app.connector!r})")
+        elif section != app.connector and present:
+            problems.append(f"{key}.{section}: not used by connector {app.connector!r}")
+    for domain in app.allowed_email_domains:
+        if domain != domain.lower() or domain.startswith("@") or "." not in domain:
+            problems.append(f"{key}.allowed_email_domains: {domain!r} must be a lower-case domain")
+    connector_settings = getattr(app, app.connector)
+    if connector_settings is not None:
+        problems.append(
+            _https_problem(f"{key}.{app.connector}.api_url", connector_settings.api_url, dev)
+        )
+    return problems

@@ -1,0 +1,397 @@
+"""Damstra Learning (formerly Velpic) API v2 connector: just-in-time accounts, magic-link
+sign-in and embedded lesson players.
+
+Contract: ``shared/reference/damstra-learning-api-reference.txt``. Assumptions where it is
+silent (the simulator in ``gateway/sandbox/damstra.py`` makes the same ones):
+
+* HTTP statuses of errors are not documented, only bodies with ``internalCode``; answers are
+  read by ``internalCode`` first (806/831/836/837/840), then by status.
+* Create/update user paths are missing from the page; like the group endpoints they are
+  ``POST /user`` and ``POST /user/{id}``. Update takes the whole user (the document lists
+  phone, mobile, roles and time zone as required), so it sends back what Damstra returned
+  with only names and managed groups changed; roles are never changed on update.
+* User search defaults to ``activeValue=active``; we always send ``all`` so a Not Current
+  employee is found (and reactivated) instead of being created a second time.
+* ``generate_login_url`` is documented only as ``touch_token_url``: a JSON string, a JSON
+  object holding the link, or plain text are all accepted; the link must be https on
+  ``login_host``.
+* Damstra groups are numeric ids: ``group_map`` values must be group ids; others are ignored.
+* No deep-link form is documented, so any ``target`` is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from gateway.connectors._http import LmsHttp, json_body, same_origin
+from gateway.connectors.base import LessonSchedule, LmsAccount, ProvisionAction, SignIn
+from gateway.errors import (
+    AccessDenied,
+    AccountGone,
+    AccountInactive,
+    AmbiguousAccount,
+    BadRequest,
+    ConfigError,
+    Conflict,
+    ConnectorError,
+    GatewayError,
+    Gone,
+    LmsAuthError,
+    LmsRejected,
+    NotFound,
+    UnsafeTarget,
+)
+from gateway.identity import Profile
+from gateway.observability import log_event
+from gateway.settings import AppSettings
+
+log = logging.getLogger("gateway.lms.damstra")
+
+NOT_CURRENT = 57
+ROLE_IDS = {"ADMIN": 3, "EDITOR": 4, "SUPERVISOR": 5, "TRAINEE": 6, "INSTRUCTOR": 8}
+SCHEDULE_STATUSES = frozenset({"all", "scheduled", "due", "overdue", "completed", "cancelled"})
+# Keys a JSON-object answer of generate_login_url may carry the link under (undocumented).
+LINK_KEYS = ("touch_token_url", "touchTokenUrl", "url", "loginUrl", "login_url", "link",
+             "magicLink", "magic_link", "touchTokenURL", "loginURL")
+PASSTHROUGH = (400, 401, 403, 404, 409, 410, 422)
+PAGE = 100
+MAX_PAGES = 10
+_NO_SCHEDULE = "lesson schedule not found for this employee"
+
+
+def role_id(role: str | None) -> int:
+    """Damstra role id for a mapped role name or id (TRAINEE when unset). OWNER is refused:
+    the document says there is only ever one."""
+    if role is None or not role.strip():
+        return ROLE_IDS["TRAINEE"]
+    key = role.strip().upper()
+    if key in ROLE_IDS:
+        return ROLE_IDS[key]
+    if key.isdigit() and int(key) in ROLE_IDS.values():
+        return int(key)
+    raise ConnectorError(f"damstra: role {role[:40]!r} is not a Damstra role the gateway may set")
+
+
+def _id(value: Any) -> str | None:
+    """A Damstra numeric id as a string, or None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
+        return value
+    return None
+
+
+def _internal_code(response: httpx.Response) -> int | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = _id(body.get("internalCode")) if isinstance(body, dict) else None
+    return int(code) if code is not None else None
+
+
+class DamstraConnector:
+    """One Damstra Learning tenant (implements Connector and EmbedCapable)."""
+
+    def __init__(self, app_name: str, app: AppSettings, http: LmsHttp, *,
+                 dev_mode: bool = False) -> None:
+        if app.damstra is None:
+            raise ConfigError([f"app.{app_name}: connector damstra needs a [damstra] table"])
+        settings = app.damstra
+        if not (settings.api_url.startswith("https://")
+                or (dev_mode and settings.api_url.startswith("http://"))):
+            raise ConfigError([f"app.{app_name}.damstra.api_url must be an https URL"])
+        self.app_name = app_name
+        self.app = app
+        self.settings = settings
+        self.http = http
+        self.dev_mode = dev_mode
+        self._base = settings.api_url.rstrip("/")
+        self._headers = {"AccessKey": settings.access_key.reveal(),
+                         "Content-Type": "application/json", "Accept": "application/json"}
+        self._managed_groups = {int(g) for g in app.group_map.values() if _id(g) is not None}
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _call(self, operation: str, method: str, path: str, *, idempotent: bool,
+                    params: dict[str, str] | None = None, json_data: Any = None,
+                    missing: GatewayError | None = None) -> httpx.Response:
+        response = await self.http.call(
+            operation, method, self._base + path, idempotent=idempotent, ok=(200, 201, 204),
+            passthrough=PASSTHROUGH, params=params, headers=self._headers, json_data=json_data,
+        )
+        code = _internal_code(response)
+        if response.status_code in PASSTHROUGH or code in (806, 831, 836, 837, 840):
+            self._fail(operation, response, code, missing)
+        return response
+
+    def _fail(self, operation: str, response: httpx.Response, code: int | None,
+              missing: GatewayError | None) -> None:
+        status = response.status_code
+        if code in (806, 831):
+            what = "refused the AccessKey" if code == 806 else "says the AccessKey may not do this"
+            reason = f"damstra {operation}: Damstra {what} (internalCode {code}, HTTP {status})"
+            log_event(log, logging.ERROR, "damstra credentials refused", app=self.app_name,
+                      operation=operation, internal_code=code, status=status)
+            raise LmsAuthError(reason)
+        if code == 840:
+            raise NotFound(_NO_SCHEDULE)
+        if status == 404 and missing is not None:
+            raise missing
+        if code == 837:
+            raise Conflict("lesson schedule already completed",
+                           public="This lesson is already completed.")
+        if code == 836:
+            raise Gone("lesson schedule cancelled", public="This lesson was cancelled.")
+        if status in (401, 403):
+            raise LmsAuthError(f"damstra {operation}: Damstra refused our credentials ({status})")
+        raise LmsRejected(f"damstra {operation}: Damstra answered {status}"
+                          + (f" (internalCode {code})" if code is not None else ""))
+
+    async def _json(self, operation: str, method: str, path: str, **kwargs: Any) -> Any:
+        return json_body(await self._call(operation, method, path, **kwargs), operation)
+
+    # -- Connector --------------------------------------------------------------------------
+
+    async def test_connection(self) -> None:
+        """One search call; raises LmsAuthError on a refused AccessKey."""
+        await self._call("test_connection", "GET", "/user",
+                         params={"maxResults": "1", "activeValue": "all"}, idempotent=True)
+
+    async def aclose(self) -> None:
+        await self.http.client.aclose()
+
+    async def sign_in(self, profile: Profile, known: LmsAccount | None,
+                      target: str | None) -> SignIn:
+        """Find/create/reactivate/update as needed, then mint a magic link."""
+        if target is not None:
+            raise UnsafeTarget("damstra: no documented deep-link form; target refused")
+        if known is not None and _id(known.user_id) is None:
+            known = None  # not a Damstra id: never put it in a URL; provision afresh
+        if known is not None and (known.profile_digest == profile.digest()
+                                  or not self.app.update_on_login):
+            url = await self._login_url(known.user_id, missing=AccountGone(
+                f"damstra: cached user {known.user_id} no longer exists"))
+            return SignIn(url, known, ProvisionAction.NONE)
+        if known is not None:
+            user = await self._json("get_user", "GET", f"/user/{known.user_id}",
+                                    idempotent=True, missing=AccountGone(
+                                        f"damstra: cached user {known.user_id} no longer exists"))
+            if not isinstance(user, dict) or _id(user.get("id")) != known.user_id:
+                raise ConnectorError("damstra get_user: answer is not the user asked for")
+            action = ProvisionAction.NONE
+        else:
+            user, action = await self._find_or_create(profile)
+        user_id = str(user["id"])
+        if user.get("clientStatusId") == NOT_CURRENT:
+            if not self.app.reactivate:
+                raise AccountInactive(f"damstra: user {user_id} is Not Current; app forbids "
+                                      "reactivation")
+            await self._call("activate_user", "POST", f"/user/{user_id}/activate",
+                             idempotent=True)
+            action = ProvisionAction.REACTIVATED
+        in_line = True
+        if action is not ProvisionAction.CREATED:
+            update = self._update_body(user, profile)
+            if update is not None and self.app.update_on_login:
+                await self._call("update_user", "POST", f"/user/{user_id}", json_data=update,
+                                 idempotent=True)
+                action = action if action is ProvisionAction.REACTIVATED else (
+                    ProvisionAction.UPDATED)
+            in_line = update is None or self.app.update_on_login
+        url = await self._login_url(user_id, missing=AccountGone(
+            f"damstra: user {user_id} disappeared during sign-in"))
+        # The digest says "the account is in line with this profile"; a stale marker makes
+        # the next sign-in look again once update_on_login is switched on.
+        return SignIn(url, LmsAccount(user_id, profile.digest() if in_line else "stale"), action)
+
+    async def _find_or_create(self, profile: Profile) -> tuple[dict[str, Any], ProvisionAction]:
+        if self.app.match_by == "employee_number":
+            if not profile.employee_number:
+                raise AccessDenied("damstra: app matches by employee number; IdP sent none")
+            params, field, want = {"empId": profile.employee_number}, "employeeNumber", (
+                profile.employee_number)
+        else:
+            params, field, want = {"emailAddress": profile.email}, "emailAddress", profile.email
+        params.update(activeValue="all", startIndex="0", maxResults="10")
+        body = await self._json("search_users", "GET", "/user", params=params, idempotent=True)
+        results = body.get("results") if isinstance(body, dict) else None
+        if not isinstance(results, list):
+            raise ConnectorError("damstra search_users: answer has no results list")
+        # Search is documented as exact; check anyway rather than take a near match.
+        fold = str.lower if field == "emailAddress" else str
+        matches = [u for u in results if isinstance(u, dict) and _id(u.get("id")) is not None
+                   and isinstance(u.get(field), str) and fold(u[field]) == fold(want)]
+        if len(matches) > 1:
+            ids = ", ".join(str(u["id"]) for u in matches[:5])
+            raise AmbiguousAccount(f"damstra: {len(matches)} users match by {field} ({ids})")
+        if matches:
+            return matches[0], ProvisionAction.NONE
+        created = await self._json("create_user", "POST", "/user", idempotent=False,
+                                   json_data=self._create_body(profile))
+        if not isinstance(created, dict) or _id(created.get("id")) is None:
+            raise ConnectorError("damstra create_user: answer has no user id")
+        return {"id": _id(created["id"])}, ProvisionAction.CREATED
+
+    def _groups(self, profile: Profile) -> list[int]:
+        return sorted({int(g) for g in profile.groups if _id(g) is not None})
+
+    def _create_body(self, profile: Profile) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "userName": profile.username, "firstName": profile.first_name,
+            "lastName": profile.last_name, "emailAddress": profile.email,
+            "sendWelcomeEmail": False, "roles": [role_id(profile.role)],
+            "groups": [{"id": g} for g in self._groups(profile)],
+        }
+        if profile.employee_number:
+            body["employeeNumber"] = profile.employee_number
+        return body
+
+    def _update_body(self, user: dict[str, Any], profile: Profile) -> dict[str, Any] | None:
+        """The whole user with names and managed groups from the profile, or None when
+        nothing differs."""
+        current = {_id(g.get("id")) for g in user.get("groups") or [] if isinstance(g, dict)}
+        current_ids = {int(g) for g in current if g is not None}
+        groups = (current_ids - self._managed_groups) | set(self._groups(profile))
+        if (user.get("firstName") == profile.first_name
+                and user.get("lastName") == profile.last_name and groups == current_ids):
+            return None
+        body = {k: user.get(k) for k in ("id", "userName", "emailAddress", "employeeNumber",
+                                         "groupsSupervised", "roles", "timeZone")}
+        body.update(firstName=profile.first_name, lastName=profile.last_name,
+                    phoneNumber=user.get("phoneNumber") or "",
+                    mobileNumber=user.get("mobileNumber") or "",
+                    groups=[{"id": g} for g in sorted(groups)])
+        return {k: v for k, v in body.items() if v is not None or k == "employeeNumber"}
+
+    async def _login_url(self, user_id: str, *, missing: GatewayError) -> str:
+        response = await self._call(
+            "generate_login_url", "POST", f"/user/{user_id}/generate_login_url",
+            params={"expiresIn": self.settings.expires_in}, idempotent=True, missing=missing)
+        url = _link_from(response)
+        if url is None or not same_origin(url, self.settings.login_host,
+                                          allow_http=self.dev_mode):
+            raise ConnectorError("damstra generate_login_url: the answer is not an https link "
+                                 "on the configured login_host; refused")
+        return url
+
+    # -- EmbedCapable ---------------------------------------------------------------------
+
+    async def lesson_schedules(self, user_id: str, status: str | None) -> list[LessonSchedule]:
+        """The employee's lesson schedules (``status`` one of the documented choices)."""
+        status = status or "all"
+        if status not in SCHEDULE_STATUSES:
+            raise BadRequest(f"damstra: unknown lesson schedule status {status[:20]!r}")
+        if _id(user_id) is None:
+            raise AccountGone("damstra: cached user id is not a Damstra id")
+        found: list[LessonSchedule] = []
+        for page in range(MAX_PAGES):
+            body = await self._json(
+                "user_lesson_schedules", "GET", f"/user/{user_id}/lesson_schedule",
+                params={"status": status, "startIndex": str(page * PAGE),
+                        "maxResults": str(PAGE)},
+                idempotent=True, missing=AccountGone(f"damstra: user {user_id} no longer exists"))
+            results = body.get("results") if isinstance(body, dict) else None
+            if not isinstance(results, list):
+                raise ConnectorError("damstra user_lesson_schedules: answer has no results list")
+            for item in results:
+                parsed = self._schedule(item, user_id)
+                if parsed is not None:
+                    found.append(parsed)
+            if len(results) < PAGE:
+                break
+        return found
+
+    def _schedule(self, item: Any, user_id: str) -> LessonSchedule | None:
+        if not isinstance(item, dict) or _id(item.get("id")) is None:
+            return None
+        owner = _id(item.get("userId"))
+        if owner is not None and owner != user_id:
+            return None  # never show a portal someone else's lesson, whatever the LMS says
+        thumb = item.get("lessonThumbnail")
+        if not (isinstance(thumb, str)
+                and same_origin(thumb, self.settings.login_host, allow_http=self.dev_mode)):
+            thumb = None
+
+        def text(key: str) -> str | None:
+            value = item.get(key)
+            return value[:200] if isinstance(value, str) else None
+
+        return LessonSchedule(
+            id=str(item["id"]), name=text("lessonName") or "", status=text("status") or "",
+            start_date=text("startDate"), due_date=text("endDate") or text("dueDate"),
+            thumbnail_url=thumb)
+
+    async def embed_url(self, user_id: str, lesson_schedule_id: str) -> str:
+        """A player URL for the employee's own lesson schedule; anyone else's is NotFound."""
+        if _id(lesson_schedule_id) is None or _id(user_id) is None:
+            raise NotFound(_NO_SCHEDULE)
+        schedule = await self._json("get_lesson_schedule", "GET",
+                                    f"/lesson_schedule/{lesson_schedule_id}", idempotent=True,
+                                    missing=NotFound(_NO_SCHEDULE))
+        if not isinstance(schedule, dict) or _id(schedule.get("userId")) != user_id:
+            raise NotFound(_NO_SCHEDULE)  # same answer as a missing one, nothing minted
+        if schedule.get("status") == "completed":
+            raise Conflict("lesson schedule already completed",
+                           public="This lesson is already completed.")
+        if schedule.get("status") == "cancelled":
+            raise Gone("lesson schedule cancelled", public="This lesson was cancelled.")
+        if self.settings.embed_all_lesson_types:
+            path, params = f"/embed_player/version/{lesson_schedule_id}", None
+        else:
+            path, params = "/embed_player", {"lessonScheduleId": lesson_schedule_id}
+        body = await self._json("embed_player", "GET", path, params=params, idempotent=True,
+                                missing=NotFound(_NO_SCHEDULE))
+        url = body.get("embedUrl") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not same_origin(url, self.settings.login_host,
+                                                       allow_http=self.dev_mode):
+            raise ConnectorError("damstra embed_player: embedUrl is not an https link on the "
+                                 "configured login_host; refused")
+        return url
+
+    # -- portal support ---------------------------------------------------------------------
+
+    async def find_user_id(self, email: str) -> str:
+        """The id of the one active user with this e-mail address (portal API lookups)."""
+        body = await self._json("search_users", "GET", "/user", idempotent=True, params={
+            "emailAddress": email, "activeValue": "all", "startIndex": "0", "maxResults": "10"})
+        results = body.get("results") if isinstance(body, dict) else None
+        if not isinstance(results, list):
+            raise ConnectorError("damstra search_users: answer has no results list")
+        matches = [u for u in results if isinstance(u, dict) and _id(u.get("id")) is not None
+                   and isinstance(u.get("emailAddress"), str)
+                   and u["emailAddress"].lower() == email.lower()]
+        if not matches:
+            raise NotFound("damstra: no user with this e-mail address")
+        if len(matches) > 1:
+            raise AmbiguousAccount(f"damstra: {len(matches)} users share one e-mail address")
+        if matches[0].get("clientStatusId") == NOT_CURRENT:
+            raise AccountInactive("damstra: the employee's account is Not Current")
+        return str(_id(matches[0]["id"]))
+
+
+def _link_from(response: httpx.Response) -> str | None:
+    """The sign-in link from a JSON string, a JSON object or a plain-text body."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text if text.startswith(("https://", "http://")) else None
+    if isinstance(body, str):
+        return body.strip()
+    if isinstance(body, dict):
+        lowered = {k.lower(): v for k, v in body.items() if isinstance(k, str)}
+        for key in LINK_KEYS:
+            value = lowered.get(key.lower())
+            if isinstance(value, str):
+                return value.strip()
+        for nested in ("data", "result"):
+            inner = lowered.get(nested)
+            if isinstance(inner, dict | str):
+                return _link_from(httpx.Response(200, json=inner))
+    return None

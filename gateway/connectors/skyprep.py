@@ -1,0 +1,153 @@
+"""SkyPrep connector (contract: ``shared/reference/skyprep-api-*.txt``).
+
+One call does everything for a sign-in: ``get_login_key`` with ``autocreate`` finds or
+creates the account (names and ``;``-joined groups), and answers the sign-in ``url``. So a
+returning employee costs exactly one call, and so does a new one.
+
+* Every call is an HTTPS POST with ``api_key``/``acct_key`` in the form body, never in the
+  query string (the docs warn that query strings end up in logs).
+* SkyPrep accounts are keyed by e-mail: ``LmsAccount.user_id`` is the lower-cased e-mail.
+* ``get_login_key`` does not say whether it created the account, so the action is reported
+  as ``none`` unless we updated the account first.
+* A cached account that was deleted in SkyPrep is re-created transparently while
+  ``autocreate`` is on; with it off, a 404 for a cached account is AccountGone, and for an
+  unknown employee AccessDenied (nobody may create the account).
+* SkyPrep documents no deep links: any ``target`` raises UnsafeTarget.
+* ``get_login_key`` takes no role; ``Profile.role`` is applied by ``update_user`` when the
+  profile changed and the app has ``update_on_login`` on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.connectors._http import LmsHttp, json_body, same_origin
+from gateway.connectors.base import LmsAccount, ProvisionAction, SignIn
+from gateway.errors import (
+    AccessDenied,
+    AccountGone,
+    ConfigError,
+    ConnectorError,
+    UnsafeTarget,
+)
+from gateway.identity import Profile
+from gateway.settings import AppSettings, SkyPrepSettings
+
+
+class SkyPrepConnector:
+    """One SkyPrep tenant."""
+
+    def __init__(
+        self, app_name: str, app: AppSettings, http: LmsHttp, *, dev_mode: bool = False
+    ) -> None:
+        if app.skyprep is None:
+            raise ConfigError([f"app.{app_name}.skyprep: section missing"])
+        self.app_name = app_name
+        self.app = app
+        self.settings: SkyPrepSettings = app.skyprep
+        self.http = http
+        self.dev_mode = dev_mode
+        self._base = self.settings.api_url.rstrip("/")
+        self._link_host = self.settings.login_host or self.settings.acct_key
+
+    async def _post(
+        self, operation: str, data: dict[str, str], *, idempotent: bool,
+        passthrough: tuple[int, ...] = (),
+    ) -> tuple[int, Any]:
+        form = {
+            "api_key": self.settings.api_key.reveal(),
+            "acct_key": self.settings.acct_key,
+            **data,
+        }
+        response = await self.http.call(
+            operation, "POST", f"{self._base}/{operation}",
+            idempotent=idempotent, passthrough=passthrough, form=form,
+            headers={"Accept": "application/json"},
+        )
+        return response.status_code, json_body(response, operation)
+
+    async def test_connection(self) -> None:
+        """Call ``test_connection``; raise a ConnectorError unless SkyPrep says success."""
+        _, body = await self._post("test_connection", {}, idempotent=True)
+        if not isinstance(body, dict) or body.get("message") != "success":
+            raise ConnectorError("test_connection: SkyPrep did not answer success")
+
+    async def sign_in(
+        self, profile: Profile, known: LmsAccount | None, target: str | None
+    ) -> SignIn:
+        """Provision (through ``get_login_key`` autocreate) and mint a sign-in link."""
+        if target is not None:
+            raise UnsafeTarget("SkyPrep has no documented deep links")
+        action = ProvisionAction.NONE
+        digest = profile.digest()
+        if known is not None and known.profile_digest != digest and self.app.update_on_login:
+            if await self._update(profile):
+                action = ProvisionAction.UPDATED
+            elif not self.settings.autocreate:
+                raise AccountGone("update_user: cached SkyPrep user no longer exists")
+        url = await self._login_key(profile, known)
+        return SignIn(url, LmsAccount(profile.email.lower(), digest), action)
+
+    async def _update(self, profile: Profile) -> bool:
+        """``update_user``; False when SkyPrep has no such user (404)."""
+        data = {
+            "user_email": profile.email,
+            "first_name": profile.first_name,
+            "last_name": profile.last_name,
+        }
+        if profile.employee_number:
+            data["card_no"] = profile.employee_number
+        if profile.role:
+            data["role"] = profile.role
+        if profile.groups:
+            # Assumed: update_user takes the same user_groups as get_login_key.
+            data["user_groups"] = _groups(profile.groups)
+        status, _ = await self._post("update_user", data, idempotent=True, passthrough=(404,))
+        return status != 404
+
+    async def _login_key(self, profile: Profile, known: LmsAccount | None) -> str:
+        data = {
+            "user_email": profile.email,
+            "key_type": self.settings.key_type,
+            "autocreate": "true" if self.settings.autocreate else "false",
+            "first_name": profile.first_name,
+            "last_name": profile.last_name,
+        }
+        if profile.groups:
+            data["user_groups"] = _groups(profile.groups)
+        # Not idempotent for our retry logic: a one-time key minted by a lost answer is
+        # harmless, but a retried autocreate could race a concurrent create.
+        status, body = await self._post(
+            "get_login_key", data, idempotent=False, passthrough=(404,)
+        )
+        if status == 404:
+            if known is not None:
+                raise AccountGone("get_login_key: cached SkyPrep user no longer exists")
+            raise AccessDenied("get_login_key: no SkyPrep account and autocreate is off")
+        if not isinstance(body, dict):
+            raise ConnectorError("get_login_key: answer is not a JSON object")
+        email = body.get("email")
+        if email is not None and (
+            not isinstance(email, str) or email.lower() != profile.email.lower()
+        ):
+            raise ConnectorError("get_login_key: answer is for another user")
+        url = body.get("url")
+        if not isinstance(url, str) or not same_origin(
+            url, self._link_host, allow_http=self.dev_mode
+        ):
+            raise ConnectorError(
+                f"get_login_key: sign-in link is not on the tenant host {self._link_host}"
+            )
+        return url
+
+    async def aclose(self) -> None:
+        await self.http.client.aclose()
+
+
+def _groups(groups: tuple[str, ...]) -> str:
+    """``;``-joined group names; a name containing ``;`` would split into two groups, so
+    such names are refused rather than silently changing meaning."""
+    for group in groups:
+        if ";" in group or not group.strip():
+            raise ConnectorError("SkyPrep group names may not be empty or contain ';'")
+    return ";".join(groups)

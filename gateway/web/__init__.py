@@ -1,0 +1,1 @@
+"""The pages employees see and the HTTP handlers behind the gateway's URLs."""

@@ -1,0 +1,378 @@
+"""HTTP handlers: the gateway's stable URLs (documented in the README).
+
+Every handler reads its parts from ``request.app.state.services`` (built in ``app.py``);
+every failure is raised as a :mod:`gateway.errors` exception and turned into a page (or JSON
+for ``/api``) by :func:`gateway_error`, with the request id as the support reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.auth.base import LoginRequest
+from gateway.auth.oidc import OidcFrontDoor
+from gateway.auth.saml import SamlFrontDoor
+from gateway.errors import (
+    BadRequest,
+    BudgetExhausted,
+    GatewayError,
+    LmsRateLimited,
+    NotFound,
+    StoreUnavailable,
+    UnsafeTarget,
+)
+from gateway.identity import Identity
+from gateway.observability import audit, log_event
+from gateway.policy import profile_for
+from gateway.targets import check_return_to, check_target, safe_return_to
+
+if TYPE_CHECKING:
+    from gateway.app import AppRuntime, Services
+
+log = logging.getLogger("gateway.web")
+
+NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def services(request: Request) -> Services:
+    result: Services = request.app.state.services
+    return result
+
+
+# -- sign-in ---------------------------------------------------------------------------------
+
+
+async def login(request: Request) -> Response:
+    """``GET /login/{app}``: reuse the session or start one, then launch the app."""
+    svc = services(request)
+    runtime = svc.app(request.path_params["app"])
+    target = check_target(request.query_params.get("target"))
+    session = await svc.sessions.load(request)
+    if session is not None and session.identity.idp in runtime.settings.idps:
+        return await launch(request, runtime, session.identity, target)
+    idp = request.query_params.get("idp")
+    if idp is None and len(runtime.settings.idps) > 1:
+        return svc.pages.render(
+            "choose_idp.html", app=runtime, target=target,
+            idps=[(name, _idp_label(svc, name)) for name in runtime.settings.idps],
+        )
+    idp = idp or runtime.settings.idps[0]
+    if idp not in runtime.settings.idps:
+        raise NotFound(f"IdP {idp[:64]!r} is not offered for app {runtime.name}")
+    return await start_login(request, idp, LoginRequest(app=runtime.name, target=target))
+
+
+async def auth_login(request: Request) -> Response:
+    """``GET /auth/{idp}/login``: start a sign-in at one IdP (``app``, ``target``, ``return_to``)."""
+    svc = services(request)
+    idp = request.path_params["idp"]
+    svc.front_door(idp)
+    params = request.query_params
+    app_name = params.get("app")
+    if app_name is not None:
+        runtime = svc.app(app_name)
+        if idp not in runtime.settings.idps:
+            raise NotFound(f"IdP {idp[:64]!r} is not offered for app {runtime.name}")
+    return_to = None
+    if params.get("return_to"):
+        return_to = safe_return_to(
+            params["return_to"], own_host=svc.own_host,
+            allowed_hosts=svc.settings.gateway.allowed_return_hosts,
+            dev_mode=svc.settings.gateway.dev_mode,
+        )
+    request_ = LoginRequest(app=app_name, target=check_target(params.get("target")), return_to=return_to)
+    return await start_login(request, idp, request_)
+
+
+async def start_login(request: Request, idp: str, login_request: LoginRequest) -> Response:
+    svc = services(request)
+    door = svc.front_door(idp)
+    redirect = await door.begin(login_request)
+    response = RedirectResponse(redirect.url, status_code=303, headers=NO_STORE)
+    svc.sessions.set_login_binding(
+        response, redirect.browser_token, cross_site_post=door.kind == "saml"
+    )
+    return response
+
+
+async def oidc_callback(request: Request) -> Response:
+    """``GET /auth/{idp}/callback``: the OIDC authorization response."""
+    svc = services(request)
+    door = svc.front_door(request.path_params["idp"])
+    if not isinstance(door, OidcFrontDoor):
+        raise NotFound("not an OpenID Connect IdP")
+    try:
+        identity, login_request = await door.complete(
+            dict(request.query_params), svc.sessions.login_binding(request)
+        )
+    except GatewayError:
+        svc.metrics.sign_ins.labels(door.name, "-", "auth_failed").inc()
+        raise
+    return await finish_login(request, identity, login_request)
+
+
+async def saml_acs(request: Request) -> Response:
+    """``POST /auth/{idp}/acs``: the SAML HTTP-POST binding."""
+    svc = services(request)
+    door = svc.front_door(request.path_params["idp"])
+    if not isinstance(door, SamlFrontDoor):
+        raise NotFound("not a SAML IdP")
+    form = await _small_form(request, door.settings.max_response_bytes + 8192)
+    saml_response = form.get("SAMLResponse")
+    if not saml_response:
+        raise BadRequest("ACS POST without SAMLResponse")
+
+    def resolve_unsolicited(relay_state: str | None) -> LoginRequest:
+        return _unsolicited_request(svc, door.settings.default_app, relay_state)
+
+    try:
+        identity, login_request = await door.complete(
+            saml_response, form.get("RelayState"), svc.sessions.login_binding(request),
+            resolve_unsolicited,
+        )
+    except GatewayError:
+        svc.metrics.sign_ins.labels(door.name, "-", "auth_failed").inc()
+        raise
+    return await finish_login(request, identity, login_request)
+
+
+async def saml_metadata(request: Request) -> Response:
+    door = services(request).front_door(request.path_params["idp"])
+    if not isinstance(door, SamlFrontDoor):
+        raise NotFound("not a SAML IdP")
+    return Response(door.sp_metadata(), media_type="application/samlmetadata+xml")
+
+
+def _unsolicited_request(svc: Services, default_app: str | None, relay_state: str | None) -> LoginRequest:
+    """An IdP-initiated response: RelayState may name an app or a safe gateway path."""
+    if relay_state:
+        if relay_state in svc.apps:
+            return LoginRequest(app=relay_state)
+        try:
+            path = check_return_to(
+                relay_state, own_host=svc.own_host,
+                allowed_hosts=svc.settings.gateway.allowed_return_hosts,
+                dev_mode=svc.settings.gateway.dev_mode,
+            )
+            return LoginRequest(return_to=path)
+        except UnsafeTarget:
+            if default_app is None:
+                raise
+    if default_app is None:
+        raise UnsafeTarget("unsolicited response names no app and the IdP has no default_app")
+    return LoginRequest(app=default_app)
+
+
+async def finish_login(request: Request, identity: Identity, login_request: LoginRequest) -> Response:
+    """The IdP vouched for ``identity``: start a fresh session and continue."""
+    svc = services(request)
+    if login_request.app is not None:
+        runtime = svc.app(login_request.app)
+        try:
+            response = await launch(request, runtime, identity, login_request.target)
+        except GatewayError as exc:
+            response = gateway_error_response(request, exc)
+    else:
+        response = RedirectResponse(login_request.return_to or "/", status_code=303, headers=NO_STORE)
+    svc.sessions.issue(response, identity)
+    svc.sessions.clear_login_binding(response)
+    return response
+
+
+async def launch(request: Request, runtime: AppRuntime, identity: Identity, target: str | None) -> Response:
+    """Apply the app's rules, provision, mint the sign-in link and send the browser there."""
+    svc = services(request)
+    reference = request.state.request_id
+    outcome, action = "error", "none"
+    try:
+        profile = profile_for(runtime.name, runtime.settings, identity)
+        sign_in = await runtime.provisioner.sign_in(identity, profile, target or runtime.settings.default_target)
+        outcome, action = "success", str(sign_in.action)
+    except GatewayError as exc:
+        outcome = exc.code
+        raise
+    finally:
+        svc.metrics.sign_ins.labels(identity.idp, runtime.name, outcome).inc()
+        audit(
+            subject=identity.subject, email=identity.email, idp=identity.idp, app=runtime.name,
+            action=action, outcome=outcome, reference=reference,
+        )
+    # 303 so the browser GETs the link; no-store and no-referrer keep the one-time link
+    # out of caches and out of the LMS's Referer logs.
+    return RedirectResponse(sign_in.url, status_code=303, headers=NO_STORE)
+
+
+# -- logout ----------------------------------------------------------------------------------
+
+
+async def logout_page(request: Request) -> Response:
+    svc = services(request)
+    session = await svc.sessions.load(request)
+    if session is None:
+        return svc.pages.render("signed_out.html")
+    return svc.pages.render("logout.html", csrf=svc.sessions.csrf_token(session), identity=session.identity)
+
+
+async def logout(request: Request) -> Response:
+    """``POST /logout``: same-origin only, with the session's CSRF token."""
+    svc = services(request)
+    if not _same_origin_post(request, svc):
+        raise BadRequest("cross-site logout refused")
+    session = await svc.sessions.load(request)
+    form = await _small_form(request, 4096)
+    if session is not None and not svc.sessions.csrf_ok(session, form.get("csrf")):
+        raise BadRequest("logout without a valid CSRF token")
+    end_url = None
+    if session is not None:
+        door = svc.front_doors.get(session.identity.idp)
+        if isinstance(door, OidcFrontDoor) and door.settings.end_session:
+            end_url = door.end_session_url(f"{svc.settings.gateway.public_url.rstrip('/')}/signed-out")
+    response: Response = (
+        RedirectResponse(end_url, status_code=303, headers=NO_STORE)
+        if end_url else RedirectResponse("/signed-out", status_code=303, headers=NO_STORE)
+    )
+    await svc.sessions.end(response, session)
+    return response
+
+
+async def signed_out(request: Request) -> Response:
+    return services(request).pages.render("signed_out.html")
+
+
+def _same_origin_post(request: Request, svc: Services) -> bool:
+    origin = request.headers.get("origin")
+    public = svc.settings.gateway.public_url.rstrip("/")
+    if origin is not None:
+        return origin == public
+    # No Origin (older browsers): fall back to Fetch Metadata, then to the Referer's origin.
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
+    referer = request.headers.get("referer", "")
+    return referer == public or referer.startswith(public + "/")
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+async def index(request: Request) -> Response:
+    svc = services(request)
+    apps = [(name, rt.settings.display_name or name) for name, rt in svc.apps.items()]
+    return svc.pages.render("index.html", apps=apps)
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    svc = services(request)
+    problems = [f"idp {name}: not loaded" for name, door in svc.front_doors.items() if not door.ready]
+    try:
+        await svc.store.ping()
+    except StoreUnavailable:
+        problems.append("store: unreachable")
+    status = 503 if problems else 200
+    return JSONResponse({"ready": not problems, "problems": problems}, status_code=status)
+
+
+async def metrics(request: Request) -> Response:
+    registry = services(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def gateway_error_response(request: Request, exc: GatewayError) -> Response:
+    svc = services(request)
+    reference = getattr(request.state, "request_id", "-")
+    level = logging.ERROR if exc.status >= 502 else logging.WARNING
+    log_event(log, level, "request failed", code=exc.code, reason=exc.reason,
+              status=exc.status, reference=reference, path=request.url.path)
+    headers = dict(NO_STORE)
+    if isinstance(exc, BudgetExhausted | LmsRateLimited):
+        retry = int(getattr(exc, "retry_after", None) or 30)
+        headers["Retry-After"] = str(max(1, min(retry, 120)))
+    if isinstance(exc, BudgetExhausted):
+        svc.metrics.budget_exhausted.labels(request.path_params.get("app", "-")).inc()
+    if request.url.path.startswith("/api/"):
+        body = {"error": exc.code, "message": exc.public, "reference": reference}
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+    if isinstance(exc, BudgetExhausted) and request.method == "GET":
+        # The queue page reloads itself; whoever waited longest tends to get the next token.
+        return svc.pages.render("queue.html", status=503, headers=headers,
+                                retry=headers["Retry-After"], reference=reference)
+    return svc.pages.render("error.html", status=exc.status, headers=headers,
+                            message=exc.public, reference=reference)
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return gateway_error_response(request, exc)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    reference = getattr(request.state, "request_id", "-")
+    log.exception("unhandled error", extra={"fields": {"reference": reference}})
+    return services(request).pages.render(
+        "error.html", status=500, headers=dict(NO_STORE),
+        message="Something went wrong on our side.", reference=reference,
+    )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def _small_form(request: Request, limit: int) -> dict[str, str]:
+    """Parse an urlencoded body of at most ``limit`` bytes (larger: 400, nothing parsed)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/x-www-form-urlencoded", ""):
+        raise BadRequest(f"unexpected content type {content_type[:64]!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BadRequest("request body too large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise BadRequest("request body too large")
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not urlencoded ASCII") from None
+    result: dict[str, str] = {}
+    for key, value in pairs:
+        if key in result:
+            raise BadRequest(f"duplicate form field {key[:32]!r}")
+        result[key] = value
+    return result
+
+
+def _idp_label(svc: Services, name: str) -> str:
+    settings: Any = svc.settings.idp[name]
+    return str(settings.display_name or name)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", index),
+        Route("/login/{app}", login),
+        Route("/auth/{idp}/login", auth_login),
+        Route("/auth/{idp}/callback", oidc_callback),
+        Route("/auth/{idp}/acs", saml_acs, methods=["POST"]),
+        Route("/auth/{idp}/metadata", saml_metadata),
+        Route("/logout", logout_page, methods=["GET"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/signed-out", signed_out),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]

@@ -1,0 +1,156 @@
+"""A real ``redis-server`` for tests: free 127.0.0.1 port, no persistence, temp dir.
+
+Use the fixtures by importing them into a test module (or a conftest)::
+
+    from tests.support.redis_server import redis_server, redis_url  # noqa: F401
+
+* ``redis_url`` (module scope): one server shared by a module's tests; give each test its own
+  key prefix (``RedisStore(..., key_prefix=...)``) when they must not see each other's keys.
+* ``redis_server`` (function scope): a server of the test's own, with :meth:`RedisServer.stop`,
+  :meth:`RedisServer.start` (same port), :meth:`RedisServer.freeze` / :meth:`RedisServer.thaw`
+  (SIGSTOP/SIGCONT: a server that accepts connections but never answers) for outage tests.
+
+Every server is killed and its directory removed at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One ``redis-server`` process bound to 127.0.0.1 on a fixed port."""
+
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="gw-redis-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._frozen = False
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0`` (the password is passed separately, not in the URL)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start (or restart) the server on :attr:`port` and wait until it answers PING."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        args = [
+            REDIS_SERVER,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.dir),
+            "--daemonize", "no",
+            "--logfile", str(self.dir / "redis.log"),
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server exited with {self._proc.returncode}: {log}")
+            if self._answers_ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("redis-server did not answer PING in time")
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if self.password:
+                    sock.sendall(f"AUTH {self.password}\r\n".encode())
+                    if not sock.recv(64).startswith(b"+OK"):
+                        return False
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop the server (the port stays reserved for :meth:`start`)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if self._frozen:
+            self.thaw_pid(proc.pid)
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel but nothing is ever answered."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGSTOP)
+        self._frozen = True
+
+    def thaw(self) -> None:
+        assert self._proc is not None
+        self.thaw_pid(self._proc.pid)
+
+    def thaw_pid(self, pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
+        self._frozen = False
+
+    def close(self) -> None:
+        """Kill the server and remove its directory."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """URL of a password-less redis-server shared by the tests of one module."""
+    server = RedisServer()
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own (stop/start/freeze it freely)."""
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

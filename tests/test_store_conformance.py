@@ -1,0 +1,271 @@
+"""One conformance suite for every store: memory and a real redis-server.
+
+Timings are real (the memory store runs on the monotonic clock) and kept short: buckets
+refill at 600/min (one token per 100 ms) and TTLs are a few hundred milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.errors import ConfigError, StoreUnavailable
+from gateway.store.base import Store
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
+from tests.support.redis_server import RedisServer, redis_server, redis_url  # noqa: F401
+
+# A pair of handles on one store: for Redis two clients (two replicas), for memory the same
+# object twice (one process is all the memory store serves).
+StorePair = tuple[Store, Store]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[StorePair]:
+    if request.param == "memory":
+        memory = MemoryStore()
+        yield memory, memory
+        await memory.aclose()
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    one, two = RedisStore(url, key_prefix=prefix), RedisStore(url, key_prefix=prefix)
+    yield one, two
+    await one.aclose()
+    await two.aclose()
+
+
+@pytest.fixture
+def store(stores: StorePair) -> Store:
+    return stores[0]
+
+
+async def test_get_set_replace_delete(store: Store) -> None:
+    assert await store.get("k") is None
+    await store.set("k", b"one", 10)
+    assert await store.get("k") == b"one"
+    await store.set("k", b"\x00two\xff", 10)
+    assert await store.get("k") == b"\x00two\xff"
+    await store.delete("k")
+    assert await store.get("k") is None
+    await store.delete("k")  # deleting an absent key is fine
+
+
+async def test_values_expire_after_their_ttl(store: Store) -> None:
+    await store.set("short", b"v", 0.2)
+    await store.set("long", b"v", 30)
+    assert await store.get("short") == b"v"
+    await asyncio.sleep(0.35)
+    assert await store.get("short") is None
+    assert await store.pop("short") is None
+    assert await store.get("long") == b"v"
+
+
+async def test_set_if_absent_has_exactly_one_winner(stores: StorePair) -> None:
+    one, two = stores
+    results = await asyncio.gather(
+        *(
+            (one if i % 2 else two).set_if_absent("lock", f"owner-{i}".encode(), 10)
+            for i in range(60)
+        )
+    )
+    assert results.count(True) == 1
+    winner = results.index(True)
+    assert await one.get("lock") == f"owner-{winner}".encode()
+    assert await two.set_if_absent("lock", b"late", 10) is False
+
+
+async def test_set_if_absent_succeeds_again_after_expiry(store: Store) -> None:
+    assert await store.set_if_absent("lock", b"a", 0.2)
+    assert not await store.set_if_absent("lock", b"b", 0.2)
+    await asyncio.sleep(0.35)
+    assert await store.set_if_absent("lock", b"c", 10)
+    assert await store.get("lock") == b"c"
+
+
+async def test_pop_hands_a_value_to_exactly_one_caller(stores: StorePair) -> None:
+    one, two = stores
+    await one.set("state", b"single-use", 10)
+    results = await asyncio.gather(*((one if i % 2 else two).pop("state") for i in range(60)))
+    assert [r for r in results if r is not None] == [b"single-use"]
+    assert await one.get("state") is None
+    assert await two.pop("never-set") is None
+
+
+async def test_token_bucket_admits_the_burst_then_refills_at_the_rate(store: Store) -> None:
+    waits = [await store.take_token("bucket", 600, 5) for _ in range(5)]
+    assert waits == [0.0] * 5
+    wait = await store.take_token("bucket", 600, 5)
+    assert 0.0 < wait <= 0.1001  # one token per 100 ms
+    await asyncio.sleep(wait + 0.01)
+    assert await store.take_token("bucket", 600, 5) == 0.0
+    # Other buckets are independent.
+    assert await store.take_token("other", 600, 5) == 0.0
+
+
+async def test_token_bucket_never_admits_more_than_burst_plus_rate(stores: StorePair) -> None:
+    one, two = stores
+    admitted = 0
+    started = time.monotonic()
+
+    async def hammer(s: Store) -> None:
+        nonlocal admitted
+        while time.monotonic() - started < 0.6:
+            wait = await s.take_token("busy", 600, 5)
+            if wait == 0.0:
+                admitted += 1
+            else:
+                await asyncio.sleep(min(wait, 0.02))
+
+    await asyncio.gather(*(hammer(one if i % 2 else two) for i in range(10)))
+    elapsed = time.monotonic() - started
+    assert admitted <= 5 + 10 * elapsed + 1
+    # ... and the bucket is actually used, not starved.
+    assert admitted >= 5 + 10 * 0.6 - 2
+
+
+async def test_bucket_refills_up_to_capacity_only(store: Store) -> None:
+    for _ in range(3):
+        assert await store.take_token("cap", 600, 3) == 0.0
+    await asyncio.sleep(0.6)  # six tokens' worth of refill, but capacity is 3
+    assert [await store.take_token("cap", 600, 3) for _ in range(3)] == [0.0] * 3
+    assert await store.take_token("cap", 600, 3) > 0.0
+
+
+async def test_pause_holds_every_caller_then_refills_from_empty(stores: StorePair) -> None:
+    one, two = stores
+    assert await one.take_token("paused", 600, 5) == 0.0
+    await one.pause_bucket("paused", 0.4)
+    waits = await asyncio.gather(
+        *((one if i % 2 else two).take_token("paused", 600, 5) for i in range(20))
+    )
+    assert all(0.3 < w <= 0.4 for w in waits)
+    await asyncio.sleep(0.45)
+    # The pause emptied the bucket: the first token is one refill interval after the pause.
+    wait = await two.take_token("paused", 600, 5)
+    assert wait == 0.0 or wait <= 0.1
+    await asyncio.sleep(0.2)
+    assert await one.take_token("paused", 600, 5) == 0.0
+
+
+async def test_a_shorter_pause_never_cuts_a_longer_one(store: Store) -> None:
+    await store.pause_bucket("p", 1.0)
+    await store.pause_bucket("p", 0.1)
+    assert await store.take_token("p", 600, 5) > 0.8
+
+
+async def test_pause_on_a_fresh_bucket(store: Store) -> None:
+    await store.pause_bucket("fresh", 0.2)
+    assert 0.1 < await store.take_token("fresh", 600, 5) <= 0.2
+
+
+async def test_ping(store: Store) -> None:
+    await store.ping()
+
+
+# --- Redis only ---------------------------------------------------------------------------
+
+
+async def test_redis_keys_carry_the_prefix(redis_url: str) -> None:  # noqa: F811
+    raw = aioredis.from_url(redis_url)
+    a, b = RedisStore(redis_url, key_prefix="tenant-a:"), RedisStore(redis_url, key_prefix="b:")
+    try:
+        await a.set("k", b"1", 10)
+        await a.set_if_absent("lock", b"1", 10)
+        await a.take_token("bucket", 600, 5)
+        await a.pause_bucket("paused", 5)
+        keys = sorted(k.decode() for k in await raw.keys("*") if not k.startswith(b"t"))
+        assert keys == ["tenant-a:bucket", "tenant-a:k", "tenant-a:lock", "tenant-a:paused"]
+        assert 0 < await raw.ttl("tenant-a:k") <= 10
+        assert await raw.ttl("tenant-a:bucket") > 0  # buckets expire too
+        assert await b.get("k") is None  # another prefix sees nothing
+    finally:
+        await raw.aclose()
+        await a.aclose()
+        await b.aclose()
+
+
+OPERATIONS: list[tuple[str, Callable[[Store], Awaitable[object]]]] = [
+    ("get", lambda s: s.get("k")),
+    ("set", lambda s: s.set("k", b"v", 10)),
+    ("set_if_absent", lambda s: s.set_if_absent("k", b"v", 10)),
+    ("pop", lambda s: s.pop("k")),
+    ("delete", lambda s: s.delete("k")),
+    ("take_token", lambda s: s.take_token("b", 600, 5)),
+    ("pause_bucket", lambda s: s.pause_bucket("b", 1)),
+    ("ping", lambda s: s.ping()),
+]
+
+
+async def test_redis_stopped_then_restarted(redis_server: RedisServer) -> None:  # noqa: F811
+    store = RedisStore(redis_server.url)
+    try:
+        await store.set("k", b"v", 10)
+        redis_server.stop()
+        for name, op in OPERATIONS:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as caught:
+                await op(store)
+            assert time.monotonic() - started < 2.5, name
+            assert "127.0.0.1" not in str(caught.value)
+        redis_server.start()
+        # Same store object, no reconnect call: it recovers by itself (data was not saved).
+        assert await store.get("k") is None
+        assert await store.set_if_absent("k", b"again", 10)
+        assert await store.pop("k") == b"again"
+        assert await store.take_token("b", 600, 5) == 0.0
+        await store.ping()
+    finally:
+        await store.aclose()
+
+
+async def test_redis_that_stops_answering_times_out_quickly(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    store = RedisStore(redis_server.url, socket_timeout=0.5)
+    try:
+        await store.set("k", b"v", 10)
+        redis_server.freeze()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.set_if_absent("replay", b"1", 10)
+        assert time.monotonic() - started < 1.5
+        redis_server.thaw()
+        assert await store.get("k") == b"v"
+    finally:
+        await store.aclose()
+
+
+async def test_redis_password(tmp_path: object) -> None:
+    server = RedisServer(password="s3cret-pw")
+    try:
+        server.start()
+        good = RedisStore(server.url, password="s3cret-pw")
+        bad = RedisStore(server.url, password="wrong-pw")
+        none = RedisStore(server.url)
+        try:
+            await good.set("k", b"v", 10)
+            assert await good.get("k") == b"v"
+            for store in (bad, none):
+                with pytest.raises(StoreUnavailable) as caught:
+                    await store.get("k")
+                assert "pw" not in str(caught.value)
+                with pytest.raises(StoreUnavailable):
+                    await store.ping()
+        finally:
+            for store in (good, bad, none):
+                await store.aclose()
+    finally:
+        server.close()
+
+
+def test_redis_config_mistakes_are_refused_at_start() -> None:
+    with pytest.raises(ConfigError):
+        RedisStore("redis://127.0.0.1:6379/0", tls_ca_file="/etc/ssl/ca.pem")
+    with pytest.raises(ConfigError):
+        RedisStore("http://127.0.0.1:6379/0")
