@@ -21,7 +21,6 @@ import secrets
 from dataclasses import dataclass
 
 import xmlsec
-import xmlsec.constants  # the typed names (the stubs lack xmlsec.Transform/KeyFormat)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa

@@ -15,17 +15,12 @@ whatever the requested scopes are, so the gateway's "generic" claim preset finds
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -47,23 +42,23 @@ from gateway.sandbox._idp_common import (
     require_demo_mode,
     single_values,
 )
+from gateway.sandbox._oauth import (
+    PKCE_CHALLENGE,
+    DemoClient,
+    OAuthError,
+    authenticate_client,
+    employee_claims,
+    pkce_matches,
+    with_query,
+)
 from gateway.sandbox.employees import DemoEmployee, find_employee
+
+__all__ = ["DemoClient", "DemoOidcProvider", "employee_claims"]
 
 CODE_TTL = 60.0
 PENDING_TTL = 600.0
 TOKEN_TTL = 300
-_PKCE_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_PKCE_VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 _MAX_PARAM = 2048
-
-
-@dataclass(frozen=True, slots=True)
-class DemoClient:
-    """A registered relying party (the gateway)."""
-
-    secret: str
-    redirect_uris: tuple[str, ...]
-    post_logout_redirect_uris: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,45 +83,6 @@ class _Grant:
 class _AccessToken:
     employee: DemoEmployee
     client_id: str
-
-
-class _OAuthError(Exception):
-    """An RFC 6749 error answered as JSON by the token and userinfo endpoints."""
-
-    def __init__(self, error: str, description: str, status: int = 400,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-        self.status = status
-        self.headers = headers or {}
-
-
-def _with_query(url: str, params: dict[str, str]) -> str:
-    """``url`` with ``params`` appended to its (possibly existing) query."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
-
-
-def _s256(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def employee_claims(employee: DemoEmployee) -> dict[str, Any]:
-    """The identity claims the demo OP releases for an employee (ID token and userinfo)."""
-    return {
-        "sub": employee.sub,
-        "email": employee.email,
-        "email_verified": True,
-        "given_name": employee.given_name,
-        "family_name": employee.family_name,
-        "name": employee.display_name,
-        "preferred_username": employee.email,
-        "employee_number": employee.employee_number,
-        "groups": list(employee.groups),
-    }
 
 
 class DemoOidcProvider:
@@ -249,7 +205,7 @@ class DemoOidcProvider:
             out = {"error": error, "error_description": description, "iss": self.issuer}
             if state is not None:
                 out["state"] = state
-            return RedirectResponse(_with_query(redirect_uri, out), status_code=303)
+            return RedirectResponse(with_query(redirect_uri, out), status_code=303)
 
         if params.get("response_type") != "code":
             return fail("unsupported_response_type", "only response_type=code is supported")
@@ -258,7 +214,7 @@ class DemoOidcProvider:
         if "openid" not in params.get("scope", "").split():
             return fail("invalid_scope", "scope must include openid")
         challenge = params.get("code_challenge", "")
-        if params.get("code_challenge_method") != "S256" or not _PKCE_CHALLENGE.match(challenge):
+        if params.get("code_challenge_method") != "S256" or not PKCE_CHALLENGE.match(challenge):
             return fail("invalid_request", "PKCE with code_challenge_method=S256 is required")
         if params.get("prompt") == "none":
             return fail("login_required", "the demo provider keeps no session")
@@ -290,14 +246,14 @@ class DemoOidcProvider:
             answer["state"] = pending.state
         answer["iss"] = self.issuer
         return RedirectResponse(
-            _with_query(pending.redirect_uri, answer), status_code=303,
+            with_query(pending.redirect_uri, answer), status_code=303,
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
         )
 
     async def _token(self, request: Request) -> Response:
         try:
             return await self._token_inner(request)
-        except _OAuthError as exc:
+        except OAuthError as exc:
             return JSONResponse(
                 {"error": exc.error, "error_description": exc.description},
                 status_code=exc.status,
@@ -307,53 +263,21 @@ class DemoOidcProvider:
             return JSONResponse({"error": "invalid_request", "error_description": exc.reason},
                                 status_code=400, headers={"Cache-Control": "no-store"})
 
-    def _authenticate_client(self, request: Request, form: dict[str, str]) -> str:
-        header = request.headers.get("authorization")
-        if header is not None:
-            if "client_secret" in form:
-                raise _OAuthError("invalid_request", "use one client authentication method")
-            scheme, _, value = header.partition(" ")
-            try:
-                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                decoded = ""
-            raw_id, sep, raw_secret = decoded.partition(":")
-            if scheme.lower() != "basic" or not sep:
-                raise _OAuthError("invalid_client", "client authentication failed", 401,
-                                  {"WWW-Authenticate": 'Basic realm="demo-op"'})
-            # RFC 6749 2.3.1: both parts are form-urlencoded before base64.
-            client_id, secret = unquote(raw_id.replace("+", " ")), unquote(
-                raw_secret.replace("+", " "))
-            if form.get("client_id", client_id) != client_id:
-                raise _OAuthError("invalid_request", "client_id does not match")
-            challenge = {"WWW-Authenticate": 'Basic realm="demo-op"'}
-        else:
-            client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
-            challenge = {}
-        client = self.clients.get(client_id)
-        if client is None or not hmac.compare_digest(
-            client.secret.encode("utf-8"), secret.encode("utf-8")
-        ):
-            raise _OAuthError("invalid_client", "client authentication failed", 401, challenge)
-        return client_id
-
     async def _token_inner(self, request: Request) -> Response:
         form = await read_form(request, ("grant_type", "code", "redirect_uri",
                                          "code_verifier", "client_id", "client_secret"))
-        client_id = self._authenticate_client(request, form)
+        client_id = authenticate_client(self.clients, request, form)
         if form.get("grant_type") != "authorization_code":
-            raise _OAuthError("unsupported_grant_type", "only authorization_code is supported")
+            raise OAuthError("unsupported_grant_type", "only authorization_code is supported")
         # Taken out first: a code is single-use even when this attempt fails.
         grant = self._codes.pop(form.get("code", ""))
         if grant is None or grant.pending.client_id != client_id:
-            raise _OAuthError("invalid_grant", "the code is invalid, expired or already used")
+            raise OAuthError("invalid_grant", "the code is invalid, expired or already used")
         if form.get("redirect_uri") != grant.pending.redirect_uri:
-            raise _OAuthError("invalid_grant", "redirect_uri does not match the authorization")
+            raise OAuthError("invalid_grant", "redirect_uri does not match the authorization")
         verifier = form.get("code_verifier", "")
-        if not _PKCE_VERIFIER.match(verifier) or not hmac.compare_digest(
-            _s256(verifier), grant.pending.code_challenge
-        ):
-            raise _OAuthError("invalid_grant", "PKCE verification failed")
+        if not pkce_matches(verifier, grant.pending.code_challenge):
+            raise OAuthError("invalid_grant", "PKCE verification failed")
         now = int(self._clock())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -402,7 +326,7 @@ class DemoOidcProvider:
         # Only a URI registered for an identified client is offered as the way back.
         if client is not None and target is not None and target in client.post_logout_redirect_uris:
             state = params.get("state")
-            return_url = _with_query(target, {"state": state}) if state is not None else target
+            return_url = with_query(target, {"state": state}) if state is not None else target
         return render("signed_out.html", return_url=return_url)
 
     def _hint_audience(self, hint: str | None) -> str | None:

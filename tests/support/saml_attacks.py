@@ -44,3 +44,167 @@ def make_keypair(common_name: str, *, bits: int = 2048) -> KeyPair:
         serialization.NoEncryption(),
     ).decode()
     return KeyPair(key_pem, cert.public_bytes(serialization.Encoding.PEM).decode())
+
+
+# --- the hostile IdP -----------------------------------------------------------------------
+
+import base64 as _b64  # noqa: E402
+import copy as _copy  # noqa: E402
+import secrets as _secrets  # noqa: E402
+import time as _time  # noqa: E402
+
+import xmlsec  # noqa: E402
+from lxml import etree  # noqa: E402
+
+SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
+SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
+MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
+SAMLP = "{%s}" % SAMLP_NS
+SAML = "{%s}" % SAML_NS
+DS = "{%s}" % DS_NS
+NSMAP = {"samlp": SAMLP_NS, "saml": SAML_NS}
+
+
+def iso(t: float) -> str:
+    return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(t))
+
+
+def encode(root: etree._Element | bytes) -> str:
+    data = root if isinstance(root, bytes) else etree.tostring(root)
+    return _b64.b64encode(data).decode()
+
+
+class HostileIdp:
+    """Builds and signs SAML responses with test keys, correctly or in any broken shape."""
+
+    def __init__(self, sp_entity_id: str, acs_url: str,
+                 entity_id: str = "https://idp.test.example/saml") -> None:
+        self.entity_id = entity_id
+        self.sso_url = "https://idp.test.example/sso"
+        self.sp_entity_id = sp_entity_id
+        self.acs_url = acs_url
+        self.keys = make_keypair("idp.test.example")
+
+    def metadata(self) -> bytes:
+        return f"""<md:EntityDescriptor xmlns:md="{MD_NS}" xmlns:ds="{DS_NS}"
+  entityID="{self.entity_id}"><md:IDPSSODescriptor
+  protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">
+  <md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{
+  self.keys.cert_b64}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>
+  <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
+   Location="{self.sso_url}"/></md:IDPSSODescriptor></md:EntityDescriptor>""".encode()
+
+    def assertion(
+        self, *, name_id: str = "alice@corp.example", in_response_to: str | None = None,
+        now: float | None = None, audience: str | None = None, recipient: str | None = None,
+        issuer: str | None = None, not_before: float | None = None,
+        not_on_or_after: float | None = None, scd_not_on_or_after: float | None = None,
+        attributes: dict[str, list[str]] | None = None, assertion_id: str | None = None,
+    ) -> etree._Element:
+        now = _time.time() if now is None else now
+        a = etree.Element(SAML + "Assertion", nsmap={"saml": SAML_NS}, Version="2.0",
+                          ID=assertion_id or "_a" + _secrets.token_hex(16), IssueInstant=iso(now))
+        etree.SubElement(a, SAML + "Issuer").text = issuer or self.entity_id
+        subject = etree.SubElement(a, SAML + "Subject")
+        etree.SubElement(subject, SAML + "NameID",
+                         Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+                         ).text = name_id
+        sc = etree.SubElement(subject, SAML + "SubjectConfirmation",
+                              Method="urn:oasis:names:tc:SAML:2.0:cm:bearer")
+        scd = etree.SubElement(sc, SAML + "SubjectConfirmationData",
+                               Recipient=recipient or self.acs_url,
+                               NotOnOrAfter=iso(scd_not_on_or_after or now + 300))
+        if in_response_to:
+            scd.set("InResponseTo", in_response_to)
+        cond = etree.SubElement(a, SAML + "Conditions",
+                                NotBefore=iso(not_before if not_before is not None else now - 30),
+                                NotOnOrAfter=iso(not_on_or_after or now + 300))
+        ar = etree.SubElement(cond, SAML + "AudienceRestriction")
+        etree.SubElement(ar, SAML + "Audience").text = audience or self.sp_entity_id
+        etree.SubElement(a, SAML + "AuthnStatement", AuthnInstant=iso(now),
+                         SessionIndex="_s" + _secrets.token_hex(8))
+        ctx = etree.SubElement(a[-1], SAML + "AuthnContext")
+        etree.SubElement(ctx, SAML + "AuthnContextClassRef").text = (
+            "urn:oasis:names:tc:SAML:2.0:ac:classes:Password")
+        attrs = attributes if attributes is not None else {
+            "email": [name_id], "givenName": ["Alice"], "sn": ["Archer"],
+            "groups": ["staff", "trainers"]}
+        if attrs:
+            st = etree.SubElement(a, SAML + "AttributeStatement")
+            for name, values in attrs.items():
+                at = etree.SubElement(st, SAML + "Attribute", Name=name)
+                for v in values:
+                    etree.SubElement(at, SAML + "AttributeValue").text = v
+        return a
+
+    def response(
+        self, *assertions: etree._Element, in_response_to: str | None = None,
+        destination: str | None = "", issuer: str | None = None,
+        status: str = "urn:oasis:names:tc:SAML:2.0:status:Success", now: float | None = None,
+    ) -> etree._Element:
+        now = _time.time() if now is None else now
+        r = etree.Element(SAMLP + "Response", nsmap=NSMAP, Version="2.0",
+                          ID="_r" + _secrets.token_hex(16), IssueInstant=iso(now))
+        if destination is not None:
+            r.set("Destination", destination or self.acs_url)
+        if in_response_to:
+            r.set("InResponseTo", in_response_to)
+        etree.SubElement(r, SAML + "Issuer").text = issuer or self.entity_id
+        st = etree.SubElement(r, SAMLP + "Status")
+        etree.SubElement(st, SAMLP + "StatusCode", Value=status)
+        for a in assertions:
+            r.append(a)
+        return r
+
+    def sign(self, element: etree._Element, keys: KeyPair | None = None, *, sha1: bool = False,
+             keyinfo_cert: KeyPair | None = None) -> etree._Element:
+        """Insert an enveloped signature after the element's Issuer and sign it."""
+        keys = keys or self.keys
+        alg = xmlsec.Transform.RSA_SHA1 if sha1 else xmlsec.Transform.RSA_SHA256
+        sig = xmlsec.template.create(element, xmlsec.Transform.EXCL_C14N, alg, ns="ds")
+        element.find(SAML + "Issuer").addnext(sig)
+        ref = xmlsec.template.add_reference(
+            sig, xmlsec.Transform.SHA1 if sha1 else xmlsec.Transform.SHA256,
+            uri="#" + element.get("ID"))
+        xmlsec.template.add_transform(ref, xmlsec.Transform.ENVELOPED)
+        xmlsec.template.add_transform(ref, xmlsec.Transform.EXCL_C14N)
+        x509 = xmlsec.template.add_x509_data(xmlsec.template.ensure_key_info(sig))
+        xmlsec.template.x509_data_add_certificate(x509)
+        ctx = xmlsec.SignatureContext()
+        key = xmlsec.Key.from_memory(keys.key_pem.encode(), xmlsec.KeyFormat.PEM, None)
+        key.load_cert_from_memory((keyinfo_cert or keys).cert_pem.encode(),
+                                  xmlsec.KeyFormat.CERT_PEM)
+        ctx.key = key
+        ctx.register_id(element, "ID")
+        ctx.sign(sig)
+        return element
+
+    @staticmethod
+    def encrypt(assertion: etree._Element, sp_cert_pem: str) -> etree._Element:
+        """Wrap ``assertion`` in an EncryptedAssertion for the SP certificate."""
+        wrapper = etree.Element(SAML + "EncryptedAssertion", nsmap={"saml": SAML_NS})
+        wrapper.append(assertion)
+        enc = xmlsec.template.encrypted_data_create(
+            wrapper, xmlsec.Transform.AES256_CBC, type=xmlsec.EncryptionType.ELEMENT, ns="xenc")
+        xmlsec.template.encrypted_data_ensure_cipher_value(enc)
+        ki = xmlsec.template.encrypted_data_ensure_key_info(enc, ns="ds")
+        ek = xmlsec.template.add_encrypted_key(ki, xmlsec.Transform.RSA_OAEP)
+        xmlsec.template.encrypted_data_ensure_cipher_value(ek)
+        manager = xmlsec.KeysManager()
+        manager.add_key(xmlsec.Key.from_memory(sp_cert_pem.encode(),
+                                               xmlsec.KeyFormat.CERT_PEM, None))
+        ctx = xmlsec.EncryptionContext(manager)
+        ctx.key = xmlsec.Key.generate(xmlsec.KeyData.AES, 256, xmlsec.KeyDataType.SESSION)
+        ctx.encrypt_xml(enc, assertion)
+        return wrapper
+
+    def signed_response(self, *, in_response_to: str | None = None, **kw: object
+                        ) -> etree._Element:
+        """The well-formed baseline: one signed assertion in an unsigned response."""
+        assertion = self.sign(self.assertion(in_response_to=in_response_to, **kw))  # type: ignore[arg-type]
+        return self.response(assertion, in_response_to=in_response_to)
+
+
+def clone(element: etree._Element) -> etree._Element:
+    return _copy.deepcopy(element)

@@ -1,0 +1,242 @@
+"""``gateway demo``: the gateway plus demo IdPs and LMS simulators, all on 127.0.0.1.
+
+:func:`start_demo` is also what the end-to-end tests, the browser test and the benchmarks
+use, so the demo a newcomer clicks through is the one CI checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import signal
+import socket
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
+
+from gateway.config import parse_settings
+from gateway.sandbox._common import Served, bind_port, serve_task
+from gateway.sandbox.damstra import DamstraSimulator
+from gateway.sandbox.employees import DEMO_ALLOWED_GROUPS, DEMO_EMAIL_DOMAIN
+from gateway.sandbox.litmos import LitmosSimulator
+from gateway.sandbox.oidc_idp import DemoClient, DemoOidcProvider
+from gateway.sandbox.saml_idp import DemoSamlIdp
+from gateway.sandbox.skyprep import SkyPrepSimulator
+from gateway.settings import Settings
+
+# Demo-only credentials: the simulators accept exactly these.
+SKYPREP_KEY = "demo-skyprep-api-key"
+DAMSTRA_KEY = "demo-damstra-access-key"
+LITMOS_KEY = "demo-litmos-api-key"
+OIDC_CLIENT_ID = "gateway-demo"
+PORTAL_TOKEN = "demo-portal-token"  # noqa: S105 - the demo portal's published credential
+
+
+@dataclass
+class DemoStack:
+    """Everything :func:`start_demo` started; ``stop()`` ends it all."""
+
+    gateway_url: str
+    oidc_url: str
+    saml_url: str
+    portal_url: str
+    skyprep: SkyPrepSimulator
+    damstra: DamstraSimulator
+    litmos: LitmosSimulator
+    settings: Settings
+    gateway_app: Starlette
+    servers: list[Served] = field(default_factory=list)
+    workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    async def stop(self) -> None:
+        for served in reversed(self.servers):
+            await served.astop()
+        if self.workdir is not None:
+            self.workdir.cleanup()
+
+
+def _bind(port: int) -> socket.socket:
+    if port == 0:
+        return bind_port()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    return sock
+
+
+def demo_config(
+    *, gateway: str, oidc: str, saml_metadata_file: str, skyprep: str, damstra: str, litmos: str,
+    portal: str, store: dict[str, Any] | None = None, calls_per_minute: int = 100,
+) -> dict[str, Any]:
+    """The demo's configuration as TOML-shaped data (validated like any file)."""
+    idps = ["demo-oidc", "demo-saml"]
+    rules = {"allowed_email_domains": [DEMO_EMAIL_DOMAIN], "required_groups": list(DEMO_ALLOWED_GROUPS)}
+    budget = {"calls_per_minute": calls_per_minute, "max_wait_seconds": 5.0}
+    return {
+        "gateway": {
+            "public_url": gateway, "signing_key": {"env": "GATEWAY_SIGNING_KEY"},
+            "cookie_secure": False, "dev_mode": True, "log_format": "text",
+        },
+        "store": store or {"backend": "memory"},
+        "idp": {
+            "demo-oidc": {
+                "type": "oidc", "issuer": oidc, "client_id": OIDC_CLIENT_ID,
+                "client_secret": {"env": "DEMO_OIDC_SECRET"}, "display_name": "Demo company (OpenID Connect)",
+                "claims": {"employee_number": "employee_number"}, "end_session": True,
+            },
+            "demo-saml": {
+                "type": "saml", "sp_entity_id": f"{gateway}/auth/demo-saml/metadata",
+                "display_name": "Demo company (SAML)", "metadata_file": saml_metadata_file,
+                "allow_idp_initiated": True, "default_app": "skyprep",
+            },
+        },
+        "app": {
+            "skyprep": {
+                "connector": "skyprep", "idps": idps, "display_name": "SkyPrep (demo)",
+                "group_map": {"Staff": "All staff", "Safety": "Safety team", "Managers": "Managers"},
+                "budget": budget, **rules,
+                "skyprep": {"api_key": {"env": "DEMO_SKYPREP_KEY"}, "acct_key": "demo.skyprepapp.com",
+                            "api_url": f"{skyprep}/admin/api", "login_host": skyprep.split("//")[1]},
+            },
+            "damstra": {
+                "connector": "damstra", "idps": idps, "display_name": "Damstra Learning (demo)",
+                "budget": budget, "update_on_login": True, **rules,
+                "damstra": {"access_key": {"env": "DEMO_DAMSTRA_KEY"}, "api_url": f"{damstra}/api/v2",
+                            "login_host": damstra.split("//")[1]},
+            },
+            "litmos": {
+                "connector": "litmos", "idps": idps, "display_name": "Litmos (demo)",
+                "budget": budget, "role_map": {"Managers": "Team_Leader"}, **rules,
+                "litmos": {"api_key": {"env": "DEMO_LITMOS_KEY"}, "api_url": f"{litmos}/v1.svc",
+                           "login_host": litmos.split("//")[1], "source": "gateway-demo"},
+            },
+        },
+        "portal": {
+            "demo-portal": {
+                "token_sha256": hashlib.sha256(PORTAL_TOKEN.encode()).hexdigest(),
+                "apps": ["damstra"], "origins": [portal],
+            }
+        },
+    }
+
+
+def _portal_app(gateway: str, lesson_schedule_id: int) -> Starlette:
+    """A stand-in company intranet page that embeds a lesson player in an iframe."""
+    frame = f"{gateway}/embed/damstra/lesson-schedules/{lesson_schedule_id}"
+
+    async def page(_: object) -> HTMLResponse:
+        return HTMLResponse(
+            "<!doctype html><html lang=en><head><meta charset=utf-8><title>Intranet</title></head>"
+            "<body style='font-family:system-ui;margin:2rem'><h1>Acme intranet</h1>"
+            "<p>Your safety induction (demo employee Bob Brown):</p>"
+            f"<iframe src='{frame}' width=800 height=450 title='Lesson player'"
+            " style='border:1px solid #ccc'></iframe></body></html>"
+        )
+
+    return Starlette(routes=[Route("/", page)])
+
+
+async def start_demo(
+    port: int = 0, *, store: dict[str, Any] | None = None, calls_per_minute: int = 100,
+    environ: dict[str, str] | None = None,
+) -> DemoStack:
+    """Start the whole demo on 127.0.0.1: the gateway on ``port`` (0 = any free port), the
+    other servers on the following ports (or free ports)."""
+    from gateway.app import create_app  # the sandbox imports the gateway, never the reverse
+
+    socks = [_bind(port + i if port else 0) for i in range(7)]
+    urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    gateway, oidc, saml, skyprep_url, damstra_url, litmos_url, portal = urls
+    workdir = tempfile.TemporaryDirectory(prefix="gateway-demo-")
+    client_secret = secrets.token_urlsafe(24)
+
+    oidc_idp = DemoOidcProvider(
+        oidc, {OIDC_CLIENT_ID: DemoClient(client_secret, (f"{gateway}/auth/demo-oidc/callback",),
+                                          (f"{gateway}/signed-out",))},
+        demo_mode=True,
+    )
+    saml_idp = DemoSamlIdp(
+        f"{saml}/metadata", saml, f"{gateway}/auth/demo-saml/metadata",
+        f"{gateway}/auth/demo-saml/acs", demo_mode=True, idp_initiated_relay_state="skyprep",
+    )
+    metadata_file = Path(workdir.name) / "demo-saml-idp.xml"
+    metadata_file.write_bytes(saml_idp.metadata)
+    skyprep = SkyPrepSimulator(SKYPREP_KEY, "demo.skyprepapp.com", login_base_url=skyprep_url)
+    damstra = DamstraSimulator(DAMSTRA_KEY, login_base_url=damstra_url)
+    litmos = LitmosSimulator(LITMOS_KEY, login_base_url=litmos_url)
+    bob = damstra.add_user("Bob", "Brown", "bob.brown@example.com", employee_number="1002")
+    induction = damstra.assign_lesson(bob, "Site safety induction")
+    damstra.assign_lesson(bob, "Working at heights")
+    litmos.add_course("Code of conduct")
+
+    env = {
+        **(environ or os.environ),
+        "GATEWAY_SIGNING_KEY": secrets.token_hex(32), "DEMO_OIDC_SECRET": client_secret,
+        "DEMO_SKYPREP_KEY": SKYPREP_KEY, "DEMO_DAMSTRA_KEY": DAMSTRA_KEY, "DEMO_LITMOS_KEY": LITMOS_KEY,
+    }
+    config = demo_config(
+        gateway=gateway, oidc=oidc, saml_metadata_file=str(metadata_file), skyprep=skyprep_url,
+        damstra=damstra_url, litmos=litmos_url, portal=portal, store=store,
+        calls_per_minute=calls_per_minute,
+    )
+    settings = parse_settings(config, env)
+    gateway_app = create_app(settings)
+    stack = DemoStack(gateway, oidc, saml, portal, skyprep, damstra, litmos, settings, gateway_app,
+                      workdir=workdir)
+    try:
+        # IdPs and LMSs first: the gateway fetches discovery when it starts.
+        for app, sock in ((oidc_idp.app, socks[1]), (saml_idp.app, socks[2]), (skyprep.app, socks[3]),
+                          (damstra.app, socks[4]), (litmos.app, socks[5]),
+                          (_portal_app(gateway, induction), socks[6]), (gateway_app, socks[0])):
+            stack.servers.append(await serve_task(app, sock))
+    except BaseException:
+        await stack.stop()
+        raise
+    return stack
+
+
+def banner(stack: DemoStack) -> str:
+    g = stack.gateway_url
+    return "\n".join([
+        "",
+        "gateway demo is running (Ctrl-C stops it). Open in a browser:",
+        f"  {g}/login/skyprep    sign in to the SkyPrep simulator",
+        f"  {g}/login/damstra    sign in to the Damstra Learning simulator",
+        f"  {g}/login/litmos     sign in to the Litmos simulator",
+        f"  {g}/login/litmos?target=course:<id>   deep link (course ids on the Litmos simulator)",
+        f"  {stack.portal_url}/          a portal page embedding Bob Brown's lesson player",
+        f"  {stack.saml_url}/          the demo SAML IdP (IdP-initiated sign-in)",
+        "Pick any employee; Dana Visitor shows the access-denied page.",
+        "",
+    ])
+
+
+def run_demo(port: int = 8000, argv: Sequence[str] = ()) -> int:
+    async def main() -> None:
+        stack = await start_demo(port)
+        print(banner(stack), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await stack.stop()
+
+    from gateway.observability import configure_logging
+
+    configure_logging("INFO", "text")
+    asyncio.run(main())
+    return 0
