@@ -28,6 +28,7 @@ import pytest
 from gateway.budget import Budget
 from gateway.connectors._http import LmsHttp, same_origin
 from gateway.connectors.base import Connector, LmsAccount, ProvisionAction
+from gateway.connectors.damstra import DamstraConnector
 from gateway.connectors.litmos import LitmosConnector
 from gateway.connectors.skyprep import SkyPrepConnector
 from gateway.errors import (
@@ -40,11 +41,13 @@ from gateway.errors import (
 )
 from gateway.identity import Profile
 from gateway.sandbox._common import bind_port, serve_in_thread
+from gateway.sandbox.damstra import DamstraSimulator
 from gateway.sandbox.litmos import LitmosSimulator
 from gateway.sandbox.skyprep import SkyPrepSimulator
 from gateway.settings import (
     AppSettings,
     BudgetSettings,
+    DamstraSettings,
     HttpSettings,
     LitmosSettings,
     Secret,
@@ -194,7 +197,49 @@ async def litmos_case(options: CaseOptions) -> AsyncIterator[Harness]:
             served.stop()
 
 
-CASES: dict[str, Factory] = {"skyprep": skyprep_case, "litmos": litmos_case}
+@contextlib.asynccontextmanager
+async def damstra_case(options: CaseOptions) -> AsyncIterator[Harness]:
+    sock = bind_port() if options.real_server else None
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}" if sock else "https://acme.velpic.test"
+    sim = DamstraSimulator(API_KEY, base)
+    served = serve_in_thread(sim.app, sock) if sock else None
+    client = _client(sim.app, options, served is not None)
+    login_host = base.split("://", 1)[1]
+    app = AppSettings(connector="damstra", idps=("corp",), damstra=DamstraSettings(
+        access_key=Secret(API_KEY if options.api_key_ok else "wrong-key"),
+        api_url=f"{base}/api/v2", login_host=login_host,
+        http=HttpSettings(read_timeout=options.read_timeout),
+    ))
+    connector = DamstraConnector("damstra-test", app, make_http("damstra-test", client),
+                                 dev_mode=served is not None)
+    link_client = _client(sim.app, options, served is not None)
+
+    def set_link_base(url: str) -> None:
+        sim.login_base_url = url
+
+    try:
+        yield Harness(
+            connector=connector, simulator=sim, login_host=login_host,
+            dev_mode=served is not None, secrets=(API_KEY,),
+            lms_calls=lambda: len(sim.calls), account_count=lambda: len(sim.users),
+            delete_user=lambda account: sim.delete_user(int(account.user_id)),
+            fail_next=lambda status, times: sim.faults.fail_next(status, times=times),
+            malformed_next=lambda times: sim.faults.malformed_next(times),
+            set_delay=lambda s: setattr(sim.faults, "delay", s),
+            set_rate_limit=lambda n: setattr(sim.limiter, "limit", n),
+            set_link_base=set_link_base, open_link=link_client.get,
+        )
+    finally:
+        sim.faults.reset()
+        await connector.aclose()
+        await link_client.aclose()
+        if served is not None:
+            served.stop()
+
+
+CASES: dict[str, Factory] = {
+    "skyprep": skyprep_case, "litmos": litmos_case, "damstra": damstra_case,
+}
 
 
 @pytest.fixture(params=sorted(CASES))

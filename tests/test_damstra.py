@@ -7,7 +7,6 @@ fake host); MockTransport is used only for answers the simulator would never giv
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -336,9 +335,8 @@ async def test_targets_and_bad_access_key_are_refused(
     with pytest.raises(UnsafeTarget):
         await connector_for().sign_in(profile(), None, "/lesson/1")
     assert len(sim.calls) == 0
-    wrong = make_app()
-    wrong = dataclasses.replace(wrong, damstra=dataclasses.replace(
-        wrong.damstra, access_key=Secret("nope")))
+    wrong = make_app(damstra=DamstraSettings(access_key=Secret("nope"), api_url=API,
+                                             login_host=HOST))
     connector = make_connector(wrong, httpx.ASGITransport(app=sim.app))
     with pytest.raises(LmsAuthError) as caught:
         await connector.test_connection()
@@ -395,7 +393,7 @@ async def test_a_link_not_on_the_tenant_host_is_refused(link: str) -> None:
     with pytest.raises(ConnectorError) as caught:
         await connector.sign_in(profile(), KNOWN, None)
     assert caught.value.status == 502
-    assert link == "" or link not in str(caught.value) and "token" not in caught.value.reason
+    assert link == "" or (link not in str(caught.value) and "token" not in caught.value.reason)
 
 
 async def test_foreign_link_from_a_simulator_fault_is_refused(

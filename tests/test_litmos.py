@@ -275,8 +275,8 @@ async def test_sim_user_lifecycle(api: Any) -> None:
     assert (await client.get(f"/users/{body['Id']}")).json()["UserName"] == "a@example.com"
     put = await client.put(f"/users/{body['Id']}", json={"Id": body["Id"], "Active": False})
     assert put.status_code == 200 and put.json()["Active"] is False
-    page = await client.get(body["LoginKey"])
-    assert page.status_code == 403
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.app)) as browser:
+        assert (await browser.get(body["LoginKey"])).status_code == 403  # deactivated
     assert (await client.get("/users/nobody")).status_code == 404
     assert (await client.post("/teams/none/users", json=[{"Id": body["Id"]}])).status_code == 404
 

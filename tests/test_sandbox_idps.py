@@ -192,6 +192,19 @@ async def test_wrong_redirect_uri_at_token_endpoint_is_refused(op) -> None:
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
 
 
+async def test_code_expires_after_a_minute() -> None:
+    now = [1_700_000_000.0]
+    provider = DemoOidcProvider(ISSUER, {CLIENT_ID: DemoClient(SECRET, (REDIRECT,))},
+                                demo_mode=True, clock=lambda: now[0])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=provider.app),
+                                 base_url=ISSUER) as client:
+        verifier, challenge = pkce()
+        code = (await authorize(client, challenge, EMPLOYEES[0].email))["code"][0]
+        now[0] += 61
+        answer = await exchange(client, code, verifier)
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+
+
 async def test_wrong_client_secret_is_refused(op) -> None:
     _, client = op
     verifier, challenge = pkce()
@@ -391,16 +404,33 @@ async def test_python3_saml_strict_accepts_the_response(idp) -> None:
     assert not other.is_valid(request_data, request_id="_another")
 
 
-@pytest.mark.parametrize("request_xml", [
-    authn_request(issuer="http://evil.test/sp"),
-    authn_request(acs="http://gw.test/auth/demo-saml/acs-evil"),
-    authn_request(extra='<!DOCTYPE x [<!ENTITY e "boom">]>'),
-    base64.b64encode(b"<not deflated/>").decode(),
-], ids=["wrong-issuer", "wrong-acs", "dtd", "not-deflated"])
-async def test_bad_authn_requests_are_refused(idp, request_xml) -> None:
+@pytest.mark.parametrize("request_xml,reason", [
+    (authn_request(issuer="http://evil.test/sp"), "unknown service provider"),
+    (authn_request(issuer=SP_ENTITY + "x"), "unknown service provider"),
+    (authn_request(acs="http://gw.test/auth/demo-saml/acs-evil"), "unregistered Assertion"),
+    (authn_request(extra='<!DOCTYPE x [<!ENTITY e "boom">]>'), "must not carry a DTD"),
+    (base64.b64encode(b"<not deflated/>").decode(), "not DEFLATE-compressed"),
+    ("A" * 20_000, "too large"),
+], ids=["wrong-issuer", "issuer-prefix", "wrong-acs", "dtd", "not-deflated", "huge"])
+async def test_bad_authn_requests_are_refused(idp, request_xml, reason) -> None:
     _, client = idp
     answer = await client.get("/sso", params={"SAMLRequest": request_xml})
-    assert answer.status_code == 400 and "Choose a demo employee" not in answer.text
+    assert answer.status_code == 400 and reason in answer.text
+    assert "Choose a demo employee" not in answer.text
+
+
+async def test_authn_request_without_acs_url_is_answered_at_the_configured_acs(idp) -> None:
+    _, client = idp
+    _, form = await saml_sign_in(client, EMPLOYEES[0].email, authn_request(acs=None))
+    assert form.action == ACS
+
+
+async def test_deflate_bomb_is_refused(idp) -> None:
+    _, client = idp
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = deflater.compress(b"<a>" + b" " * 5_000_000 + b"</a>") + deflater.flush()
+    answer = await client.get("/sso", params={"SAMLRequest": base64.b64encode(bomb).decode()})
+    assert answer.status_code == 400 and "size limit" in answer.text
 
 
 async def test_idp_initiated_response_has_no_in_response_to(idp) -> None:

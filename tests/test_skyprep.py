@@ -188,7 +188,7 @@ async def api() -> AsyncIterator[tuple[SkyPrepSimulator, httpx.AsyncClient, list
 
 
 async def test_sim_accepts_credentials_in_body_query_headers_or_json(api: Any) -> None:
-    sim, client, _ = api
+    _sim, client, _ = api
     creds = {"api_key": KEY, "acct_key": ACCT}
     assert (await client.post("/admin/api/test_connection", data=creds)).json() == {
         "message": "success"}
@@ -204,7 +204,7 @@ async def test_sim_accepts_credentials_in_body_query_headers_or_json(api: Any) -
 
 
 async def test_sim_users(api: Any) -> None:
-    sim, client, _ = api
+    _sim, client, _ = api
     creds = {"api_key": KEY, "acct_key": ACCT}
     created = (await client.post("/admin/api/create_user", data={
         **creds, "email": "j@example.com", "first_name": "James", "role": "manager"})).json()
@@ -228,7 +228,7 @@ async def test_sim_users(api: Any) -> None:
 
 
 async def test_sim_key_types(api: Any) -> None:
-    sim, client, clock = api
+    _sim, client, clock = api
     creds = {"api_key": KEY, "acct_key": ACCT, "user_email": "k@example.com", "autocreate": "1"}
 
     async def key(key_type: str) -> str:

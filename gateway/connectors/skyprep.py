@@ -115,10 +115,10 @@ class SkyPrepConnector:
         }
         if profile.groups:
             data["user_groups"] = _groups(profile.groups)
-        # Not idempotent for our retry logic: a one-time key minted by a lost answer is
-        # harmless, but a retried autocreate could race a concurrent create.
+        # Safe to retry: the account is keyed by e-mail, so a retry after a lost answer finds
+        # the account the first attempt created, and an unused one-time key is harmless.
         status, body = await self._post(
-            "get_login_key", data, idempotent=False, passthrough=(404,)
+            "get_login_key", data, idempotent=True, passthrough=(404,)
         )
         if status == 404:
             if known is not None:

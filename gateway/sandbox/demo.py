@@ -116,7 +116,8 @@ def demo_config(
             },
             "litmos": {
                 "connector": "litmos", "idps": idps, "display_name": "Litmos (demo)",
-                "budget": budget, "role_map": {"Managers": "Team_Leader"}, **rules,
+                "budget": budget, "role_map": {"Managers": "Team_Leader"},
+                "group_map": {"Safety": "safety"}, **rules,
                 "litmos": {"api_key": {"env": "DEMO_LITMOS_KEY"}, "api_url": f"{litmos}/v1.svc",
                            "login_host": litmos.split("//")[1], "source": "gateway-demo"},
             },
@@ -178,6 +179,7 @@ async def start_demo(
     induction = damstra.assign_lesson(bob, "Site safety induction")
     damstra.assign_lesson(bob, "Working at heights")
     litmos.add_course("Code of conduct")
+    litmos.add_team("Safety team", "safety")
 
     env = {
         **(environ or os.environ),

@@ -89,7 +89,7 @@ async def test_denied_employee_gets_a_403_that_reveals_no_rule(demo: DemoStack, 
 
 async def test_litmos_deep_link_lands_in_the_course(demo: DemoStack, browser: httpx.AsyncClient) -> None:
     course = next(iter(demo.litmos.courses.values()))
-    page = await sign_in(browser, f"{demo.gateway_url}/login/litmos?idp=demo-oidc&target=course:{course.Id}", ALICE)
+    page = await sign_in(browser, f"{demo.gateway_url}/login/litmos?idp=demo-oidc&target=course:{course.OriginalId}", ALICE)
     assert page.status_code == 200, page.text[:400]
     assert "Alice Anderson" in page.text and course.Name in page.text
 
