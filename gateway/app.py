@@ -32,7 +32,7 @@ from gateway.provisioning import Provisioner
 from gateway.settings import AppSettings, OidcIdpSettings, Settings
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
-from gateway.web import handlers
+from gateway.web import embed_handlers, handlers
 from gateway.web.pages import STATIC_DIR, Pages
 
 log = logging.getLogger("gateway")
@@ -166,7 +166,10 @@ class RequestContext:
                 headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 for name, value in self._defaults():
-                    if name not in present:
+                    # A page that set its own CSP (embed pages: frame-ancestors <portals>)
+                    # must not be contradicted by X-Frame-Options: DENY.
+                    framing_set = name == b"x-frame-options" and b"content-security-policy" in present
+                    if name not in present and not framing_set:
                         headers.append((name, value))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
@@ -213,6 +216,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
 
     routes = [
         *handlers.routes(),
+        *embed_handlers.routes(),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(

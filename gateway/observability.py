@@ -104,6 +104,10 @@ def configure_logging(level: str, fmt: str) -> None:
     handler._gateway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request's full URL at INFO; URLs we call are secret-free by design,
+    # but a library's log line is not the place to rely on that.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def log_event(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:

@@ -114,6 +114,10 @@ class Provisioner:
                 await self._store.delete(key)
         return await self._single_flight(key, lock_key, profile, target)
 
+    async def cached_account(self, identity: Identity) -> LmsAccount | None:
+        """The LMS account cached for ``identity`` (no LMS call), e.g. for embed pages."""
+        return await self._cached(self._keys(identity)[0])
+
     async def _single_flight(
         self, key: str, lock_key: str, profile: Profile, target: str | None
     ) -> SignIn:

@@ -7,6 +7,8 @@ for answers it never gives (codes under other HTTP statuses, foreign player host
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -26,7 +28,10 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.sandbox.damstra import NOT_CURRENT, DamstraSimulator
+from gateway.sandbox.demo import PORTAL_TOKEN as DEMO_PORTAL_TOKEN
+from gateway.sandbox.demo import DemoStack, start_demo
 from gateway.settings import DamstraSettings, PortalSettings, Secret
+from tests.flows.agent import sign_in
 from tests.test_damstra import API, BASE, HOST, KEY, make_app, make_connector
 
 PORTAL_TOKEN = "portal-credential-0123456789abcdef"
@@ -281,3 +286,78 @@ def test_cors_only_for_configured_portal_origins() -> None:
         assert embed.cors_headers(PORTALS, origin, "lms") == {"Vary": "Origin"}
     assert "Access-Control-Allow-Origin" in embed.cors_headers(
         PORTALS, "https://partner.example.net")
+
+
+# -- the routes, end to end through the demo stack (real HTTP on 127.0.0.1) ------------------
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[DemoStack]:
+    stack = await start_demo(0)
+    try:
+        yield stack
+    finally:
+        await stack.stop()
+
+
+async def test_iframe_route_owner_gets_player_and_others_get_404(demo: DemoStack) -> None:
+    bob = next(u["id"] for u in demo.damstra.users.values() if u["firstName"] == "Bob")
+    mine = next(s for s in demo.damstra.schedules.values() if s["userId"] == bob)["id"]
+    alice = demo.damstra.add_user("Alice", "Anderson", "alice.anderson@example.com")
+    hers = demo.damstra.assign_lesson(alice, "Alice's lesson")
+    portal = demo.portal_url.lower()
+    async with httpx.AsyncClient(timeout=20) as browser:
+        signed_out = await browser.get(f"{demo.gateway_url}/embed/damstra/lesson-schedules/{mine}")
+        assert signed_out.status_code == 401 and 'target="_top"' in signed_out.text
+        assert signed_out.headers["content-security-policy"].endswith(
+            f"frame-ancestors {portal}")
+        await sign_in(browser, f"{demo.gateway_url}/login/damstra?idp=demo-oidc", "emp-1002")
+        hop = await browser.get(f"{demo.gateway_url}/embed/damstra/lesson-schedules/{mine}")
+        assert hop.status_code == 303
+        assert hop.headers["content-security-policy"].endswith(f"frame-ancestors {portal}")
+        assert hop.headers["cache-control"] == "no-store"
+        player = await browser.get(hop.headers["location"])
+        assert "lesson player: Site safety induction" in player.text
+        foreign = await browser.get(f"{demo.gateway_url}/embed/damstra/lesson-schedules/{hers}")
+        missing = await browser.get(f"{demo.gateway_url}/embed/damstra/lesson-schedules/9999999")
+        assert foreign.status_code == missing.status_code == 404
+        assert _without_reference(foreign.text) == _without_reference(missing.text)
+        assert foreign.headers["content-security-policy"].endswith(f"frame-ancestors {portal}")
+        # Every other page stays unframeable.
+        other = await browser.get(f"{demo.gateway_url}/")
+        assert "frame-ancestors 'none'" in other.headers["content-security-policy"]
+
+
+def _without_reference(text: str) -> str:
+    return re.sub(r"[0-9a-f]{16}", "<ref>", text)
+
+
+async def test_portal_api_routes_with_credentials_and_cors(demo: DemoStack) -> None:
+    api = f"{demo.gateway_url}/api/v1/apps/damstra/lesson-schedules"
+    auth = {"Authorization": f"Bearer {DEMO_PORTAL_TOKEN}", "Origin": demo.portal_url}
+    async with httpx.AsyncClient(timeout=20) as client:
+        listed = await client.get(api, params={"employee": "bob.brown@example.com",
+                                               "status": "due"}, headers=auth)
+        assert listed.status_code == 200
+        assert listed.headers["access-control-allow-origin"] == demo.portal_url.lower()
+        names = [s["name"] for s in listed.json()["lessonSchedules"]]
+        assert names == ["Site safety induction", "Working at heights"]
+        first = listed.json()["lessonSchedules"][0]["id"]
+        embedded = await client.get(f"{api}/{first}/embed",
+                                    params={"employee": "bob.brown@example.com"}, headers=auth)
+        assert embedded.status_code == 200 and embedded.headers["cache-control"] == "no-store"
+        player = await client.get(embedded.json()["embedUrl"])
+        assert "lesson player: Site safety induction" in player.text
+
+        no_auth = await client.get(api, params={"employee": "bob.brown@example.com"},
+                                   headers={"Origin": demo.portal_url})
+        assert no_auth.status_code == 401 and no_auth.json()["error"] == "unauthorized"
+        assert no_auth.headers["access-control-allow-origin"] == demo.portal_url.lower()
+        unscoped = await client.get(f"{demo.gateway_url}/api/v1/apps/skyprep/lesson-schedules",
+                                    params={"employee": "bob.brown@example.com"}, headers=auth)
+        assert unscoped.status_code == 403
+        preflight = await client.options(api, headers={
+            "Origin": demo.portal_url, "Access-Control-Request-Method": "GET"})
+        assert preflight.headers["access-control-allow-headers"] == "Authorization"
+        evil = await client.options(api, headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in evil.headers

@@ -57,8 +57,18 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+_POOL: list[dict[str, Any]] = []
+
+
 def new_key(kid: str) -> RSAKey:
-    return RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig"}, private=True)
+    """A fresh-looking signing key; RSA generation is slow, so keys cycle through a pool."""
+    if len(_POOL) < 3:
+        _POOL.append(RSAKey.generate_key(2048, private=True).as_dict(private=True))
+        raw = _POOL[-1]
+    else:
+        raw = _POOL.pop(0)
+        _POOL.append(raw)
+    return RSAKey.import_key({**raw, "kid": kid, "use": "sig"})
 
 
 class HostileIdp:

@@ -65,7 +65,8 @@ class VerifiedAssertion:
     friendly: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _only(parent: Element, tag: str, what: str, *, required: bool = True) -> Element | None:
+def _only(parent: Element, tag: str, what: str, *, required: bool = True) -> Element:
+    """The single ``tag`` child (None only when not ``required`` and absent)."""
     found = parent.findall(tag)
     if len(found) > 1 or (required and not found):
         raise TokenValidationError(f"expected exactly one {what}")
@@ -205,7 +206,10 @@ def _check_subject(
     raise TokenValidationError(problem)
 
 
-def _attributes(assertion: Element) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+Values = dict[str, tuple[str, ...]]
+
+
+def _attributes(assertion: Element) -> tuple[Values, Values]:
     by_name: dict[str, list[str]] = {}
     by_friendly: dict[str, list[str]] = {}
     for statement in assertion.findall(SAML + "AttributeStatement"):

@@ -14,6 +14,8 @@ import xmlsec
 from gateway.auth.saml_xml import DS, XENC, Element
 from gateway.errors import TokenValidationError
 
+# xmlsec's bundled stubs omit KeyFormat although the module has it.
+_FORMAT = xmlsec.KeyFormat  # type: ignore[attr-defined]
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 EXC_C14N_COMMENTS = "http://www.w3.org/2001/10/xml-exc-c14n#WithComments"
@@ -95,12 +97,14 @@ def verify_signature(
         ctx.register_id(signed, "ID")
         try:
             # Setting ctx.key makes xmlsec use this key and skip KeyInfo entirely.
-            ctx.key = xmlsec.Key.from_memory(pem.encode(), xmlsec.KeyFormat.CERT_PEM, None)
+            ctx.key = xmlsec.Key.from_memory(pem.encode(), _FORMAT.CERT_PEM, None)
             ctx.verify(signature)
         except xmlsec.Error:
             continue
         return
-    raise TokenValidationError(f"{what}: signature does not verify with the configured IdP certificates")
+    raise TokenValidationError(
+        f"{what}: signature does not verify with the configured IdP certificates"
+    )
 
 
 def decrypt_assertion(encrypted: Element, sp_key_pem: str | None) -> Element:
@@ -112,10 +116,12 @@ def decrypt_assertion(encrypted: Element, sp_key_pem: str | None) -> Element:
         raise TokenValidationError("EncryptedAssertion must hold exactly one EncryptedData")
     manager = xmlsec.KeysManager()
     try:
-        manager.add_key(xmlsec.Key.from_memory(sp_key_pem.encode(), xmlsec.KeyFormat.PEM, None))
+        manager.add_key(xmlsec.Key.from_memory(sp_key_pem.encode(), _FORMAT.PEM, None))
         decrypted = xmlsec.EncryptionContext(manager).decrypt(data[0])
     except xmlsec.Error:
-        raise TokenValidationError("encrypted assertion could not be decrypted with our key") from None
+        raise TokenValidationError(
+            "encrypted assertion could not be decrypted with our key"
+        ) from None
     if not hasattr(decrypted, "tag"):
         raise TokenValidationError("encrypted assertion did not decrypt to an element")
     return decrypted

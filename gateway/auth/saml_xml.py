@@ -26,11 +26,11 @@ NS = {
     "ds": "http://www.w3.org/2000/09/xmldsig#",
     "xenc": "http://www.w3.org/2001/04/xmlenc#",
 }
-SAMLP = "{%s}" % NS["samlp"]
-SAML = "{%s}" % NS["saml"]
-MD = "{%s}" % NS["md"]
-DS = "{%s}" % NS["ds"]
-XENC = "{%s}" % NS["xenc"]
+SAMLP = f"{{{NS['samlp']}}}"
+SAML = f"{{{NS['saml']}}}"
+MD = f"{{{NS['md']}}}"
+DS = f"{{{NS['ds']}}}"
+XENC = f"{{{NS['xenc']}}}"
 
 Element = Any  # lxml.etree._Element (lxml ships no usable stubs here)
 

@@ -31,6 +31,7 @@ from gateway.errors import (
 from gateway.identity import Identity
 from gateway.observability import audit, log_event
 from gateway.policy import profile_for
+from gateway.settings import SamlIdpSettings
 from gateway.targets import check_return_to, check_target, safe_return_to
 
 if TYPE_CHECKING:
@@ -124,13 +125,15 @@ async def saml_acs(request: Request) -> Response:
     door = svc.front_door(request.path_params["idp"])
     if not isinstance(door, SamlFrontDoor):
         raise NotFound("not a SAML IdP")
-    form = await _small_form(request, door.settings.max_response_bytes + 8192)
+    idp_settings = svc.settings.idp[door.name]
+    assert isinstance(idp_settings, SamlIdpSettings)
+    form = await _small_form(request, idp_settings.max_response_bytes + 8192)
     saml_response = form.get("SAMLResponse")
     if not saml_response:
         raise BadRequest("ACS POST without SAMLResponse")
 
     def resolve_unsolicited(relay_state: str | None) -> LoginRequest:
-        return _unsolicited_request(svc, door.settings.default_app, relay_state)
+        return _unsolicited_request(svc, idp_settings.default_app, relay_state)
 
     try:
         identity, login_request = await door.complete(
@@ -232,7 +235,8 @@ async def logout(request: Request) -> Response:
     end_url = None
     if session is not None:
         door = svc.front_doors.get(session.identity.idp)
-        if isinstance(door, OidcFrontDoor) and door.settings.end_session:
+        idp_settings = svc.settings.idp.get(session.identity.idp)
+        if isinstance(door, OidcFrontDoor) and getattr(idp_settings, "end_session", False):
             end_url = door.end_session_url(f"{svc.settings.gateway.public_url.rstrip('/')}/signed-out")
     response: Response = (
         RedirectResponse(end_url, status_code=303, headers=NO_STORE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urlsplit
 from collections.abc import AsyncIterator
 
 import httpx
@@ -34,7 +35,7 @@ async def browser() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def netloc(url: str) -> str:
-    return url.split("//", 1)[1]
+    return urlsplit(url).netloc
 
 
 async def test_oidc_sign_in_lands_in_skyprep_as_the_right_employee(demo: DemoStack, browser: httpx.AsyncClient) -> None:
@@ -145,18 +146,21 @@ async def test_replayed_callback_is_refused(demo: DemoStack, browser: httpx.Asyn
     callback = to_callback.headers["location"]
     first = await browser.get(callback)
     assert first.status_code == 303
+    calls = demo.skyprep.calls.count()
     replay = await browser.get(callback)
-    assert replay.status_code == 400
-    assert "expired or was already used" in replay.text
+    assert replay.status_code in (400, 401)
+    assert "Please try again from the start" in replay.text or "already used" in replay.text
+    assert demo.skyprep.calls.count() == calls
 
 
 async def test_idp_error_gives_a_friendly_page(demo: DemoStack, browser: httpx.AsyncClient) -> None:
     page = await browser.get(f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", follow_redirects=True)
     (form,) = forms_of(page)
     cancelled = await browser.post(form.action, data={**form.fields, "action": "cancel"}, follow_redirects=True)
-    assert cancelled.status_code in (400, 401)
-    assert "did not complete the sign-in" in cancelled.text
-    assert "Traceback" not in cancelled.text
+    assert cancelled.status_code == 401
+    assert "We could not sign you in" in cancelled.text and "reference" in cancelled.text
+    assert "Traceback" not in cancelled.text and "access_denied" not in cancelled.text
+    assert demo.skyprep.calls.count() == 0
 
 
 async def test_no_secret_reaches_the_logs(demo: DemoStack, browser: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
@@ -182,7 +186,10 @@ async def test_no_secret_reaches_the_logs(demo: DemoStack, browser: httpx.AsyncC
             match = re.search(rf"[?&]{name}=([^&]+)", url)
             if match:
                 secrets.add(match.group(1))
-    logged = "\n".join(r.getMessage() + " " + str(getattr(r, "fields", "")) for r in caplog.records)
+    # httpx/httpcore are the test browser's own loggers here; the gateway silences them
+    # (configure_logging) because they print whole URLs.
+    logged = "\n".join(r.getMessage() + " " + str(getattr(r, "fields", "")) for r in caplog.records
+                       if not r.name.startswith(("httpx", "httpcore")))
     assert logged, "expected the flow to log something"
     for secret in secrets:
         assert secret not in logged

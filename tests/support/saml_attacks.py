@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -23,8 +24,10 @@ class KeyPair:
         return "".join(line for line in lines if "-----" not in line)
 
 
+@functools.lru_cache(maxsize=64)
 def make_keypair(common_name: str, *, bits: int = 2048) -> KeyPair:
-    """A fresh RSA key and a self-signed certificate naming ``common_name``."""
+    """An RSA key and a self-signed certificate naming ``common_name`` (cached per name to
+    keep tests fast; ``make_keypair.__wrapped__`` always makes a fresh one)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -60,9 +63,9 @@ SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
-SAMLP = "{%s}" % SAMLP_NS
-SAML = "{%s}" % SAML_NS
-DS = "{%s}" % DS_NS
+SAMLP = f"{{{SAMLP_NS}}}"
+SAML = f"{{{SAML_NS}}}"
+DS = f"{{{DS_NS}}}"
 NSMAP = {"samlp": SAMLP_NS, "saml": SAML_NS}
 
 
@@ -186,7 +189,7 @@ class HostileIdp:
         wrapper = etree.Element(SAML + "EncryptedAssertion", nsmap={"saml": SAML_NS})
         wrapper.append(assertion)
         enc = xmlsec.template.encrypted_data_create(
-            wrapper, xmlsec.Transform.AES256_CBC, type=xmlsec.EncryptionType.ELEMENT, ns="xenc")
+            wrapper, xmlsec.Transform.AES256, type=xmlsec.EncryptionType.ELEMENT, ns="xenc")
         xmlsec.template.encrypted_data_ensure_cipher_value(enc)
         ki = xmlsec.template.encrypted_data_ensure_key_info(enc, ns="ds")
         ek = xmlsec.template.add_encrypted_key(ki, xmlsec.Transform.RSA_OAEP)

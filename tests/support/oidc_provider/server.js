@@ -10,8 +10,9 @@
 // Employees come from employees.json (keyed by the username typed on the login form).
 // Interactions are our own two routes instead of oidc-provider's devInteractions, so a test
 // can sign in with plain HTTP: GET /interaction/:uid shows a form, POST
-// /interaction/:uid/login with `username` finishes the login prompt. Consent is granted
-// implicitly (first-party client) through loadExistingGrant, as oidc-provider documents.
+// /interaction/:uid/login with `username` finishes the login prompt. The consent prompt
+// (which oidc-provider always raises for native clients) is granted at once, as for a
+// first-party application: GET /interaction/:uid answers it with the redirect onwards.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -76,18 +77,6 @@ const provider = new Provider(issuer, {
       },
     };
   },
-  async loadExistingGrant(ctx) {
-    const grantId = ctx.oidc.result?.consent?.grantId
-      || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
-    if (grantId) return ctx.oidc.provider.Grant.find(grantId);
-    const grant = new ctx.oidc.provider.Grant({
-      clientId: ctx.oidc.client.clientId,
-      accountId: ctx.oidc.session.accountId,
-    });
-    grant.addOIDCScope(SCOPES);
-    await grant.save();
-    return grant;
-  },
 });
 
 const escape = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -117,7 +106,21 @@ async function interaction(req, res, url) {
     return;
   }
   const details = await provider.interactionDetails(req, res);
-  if (details.uid !== match[1] || details.prompt.name !== 'login') {
+  if (details.uid !== match[1]) {
+    res.writeHead(400, { 'content-type': 'text/plain' }).end('unexpected interaction');
+    return;
+  }
+  if (details.prompt.name === 'consent' && req.method === 'GET' && !match[2]) {
+    const grant = details.grantId
+      ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+    grant.addOIDCScope(SCOPES);
+    const grantId = await grant.save();
+    await provider.interactionFinished(req, res, { consent: { grantId } },
+      { mergeWithLastSubmission: true });
+    return;
+  }
+  if (details.prompt.name !== 'login') {
     res.writeHead(400, { 'content-type': 'text/plain' }).end('unexpected interaction');
     return;
   }
