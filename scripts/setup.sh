@@ -13,7 +13,7 @@ sudo_cmd=""
 if [ "$(id -u)" != "0" ]; then sudo_cmd="sudo"; fi
 
 if $with_test; then
-  packages=(redis-server chromium chromium-driver php-cli simplesamlphp xmlsec1)
+  packages=(redis-server chromium chromium-driver php-cli php-xml php-mbstring simplesamlphp xmlsec1)
   command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
   missing=()
   for pkg in "${packages[@]}"; do

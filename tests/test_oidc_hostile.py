@@ -568,3 +568,21 @@ async def test_no_code_verifier_token_or_secret_in_logs(
     for secret in (params["code"], params2["code"], verifier["verifier"], CLIENT_SECRET,
                    cookie, *h.idp.issued):
         assert secret not in text
+
+
+async def test_withdrawn_key_stops_verifying_once_keys_are_stale(h: Harness) -> None:
+    replacement = new_key("k2")
+    h.idp.published = [replacement]  # the IdP withdrew k1 (say, after a compromise)
+    h.clock.now += 3601
+    with pytest.raises(TokenValidationError, match="no signing key"):
+        await h.login()  # still signed with k1
+    h.idp.signing_key = replacement
+    identity, _ = await h.login()
+    assert identity.subject == "emp-42"
+
+
+async def test_oversized_discovery_answer_refused() -> None:
+    harness = Harness()
+    harness.idp.discovery_extra = {"padding": "x" * 1_100_000}
+    await harness.door.start()
+    assert not harness.door.ready

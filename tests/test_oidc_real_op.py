@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -13,7 +14,13 @@ from gateway.errors import IdpRejected, LoginStateError, ReplayDetected
 from gateway.observability import Metrics
 from gateway.settings import OidcIdpSettings, Secret
 from gateway.store.memory import MemoryStore
-from tests.support.oidc_op import OidcOp, drive_login, oidc_op  # noqa: F401
+
+if TYPE_CHECKING:
+    from tests.support.oidc_op import OidcOp
+
+# Imported as a plugin (not by name) so pytest rewrites its asserts and shares the one
+# session-scoped provider with every module that asks for ``oidc_op``.
+pytest_plugins = ["tests.support.oidc_op"]
 
 GATEWAY_PORT = 8443  # any port: the provider matches loopback redirect URIs on any port
 
@@ -34,7 +41,7 @@ async def test_sign_in_at_real_provider_yields_the_employee(oidc_op: OidcOp, use
         await door.start()
         assert door.ready
         redirect = await door.begin(LoginRequest(app="skyprep", target="/courses"))
-        callback = await drive_login(browser, redirect.url, username)
+        callback = await oidc_op.drive_login(browser, redirect.url, username)
         assert callback.startswith(oidc_op.redirect_uri(GATEWAY_PORT) + "?")
         params = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
         assert params["iss"] == oidc_op.issuer  # RFC 9207, checked by the door
@@ -54,7 +61,7 @@ async def test_unverified_email_not_used(oidc_op: OidcOp) -> None:
     async with httpx.AsyncClient() as http, httpx.AsyncClient() as browser:
         door = door_for(oidc_op, http)
         redirect = await door.begin(LoginRequest(app="skyprep"))
-        callback = await drive_login(browser, redirect.url, "mallory")
+        callback = await oidc_op.drive_login(browser, redirect.url, "mallory")
         params = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
         identity, _ = await door.complete(params, redirect.browser_token)
     assert identity.subject == oidc_op.employees["mallory"]["sub"]
@@ -66,14 +73,14 @@ async def test_replayed_callback_refused_and_foreign_browser_refused(oidc_op: Oi
         door = door_for(oidc_op, http)
         redirect = await door.begin(LoginRequest(app="skyprep"))
         params = dict(parse_qs(urlsplit(
-            await drive_login(browser, redirect.url, "ada")).query).items())
+            await oidc_op.drive_login(browser, redirect.url, "ada")).query).items())
         flat = {k: v[0] for k, v in params.items()}
         await door.complete(flat, redirect.browser_token)
         with pytest.raises(ReplayDetected):
             await door.complete(flat, redirect.browser_token)
         other = await door.begin(LoginRequest(app="skyprep"))
         flat = {k: v[0] for k, v in parse_qs(urlsplit(
-            await drive_login(browser, other.url, "grace")).query).items()}
+            await oidc_op.drive_login(browser, other.url, "grace")).query).items()}
         with pytest.raises(LoginStateError):
             await door.complete(flat, "a-different-browser")
 

@@ -152,8 +152,8 @@ async def test_sha1_refused_unless_allowed(h: Harness, tmp_path: Path) -> None:
     a = h.idp.sign(h.idp.assertion(in_response_to=rid), sha1=True)
     assert "SHA-1" in await refused(h, TokenValidationError, h.idp.response(a, in_response_to=rid),
                                     relay)
-    lax = await make_harness(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path,
-                             allow_sha1=True)
+    (tmp_path / "lax").mkdir()
+    lax = await make_harness(tmp_path / "lax", allow_sha1=True)
     rid, relay, _ = await lax.begin()
     a = lax.idp.sign(lax.idp.assertion(in_response_to=rid), sha1=True)
     identity, _ = await lax.post(lax.idp.response(a, in_response_to=rid), relay)
@@ -449,3 +449,20 @@ async def test_response_never_in_error_text(h: Harness) -> None:
     with pytest.raises(TokenValidationError) as info:
         await h.post(body, relay)
     assert body[:40] not in str(info.value) and "ceo@" not in str(info.value)
+
+
+async def test_unsigned_response_cannot_make_unsolicited_assertion_solicited(h: Harness) -> None:
+    """A signed IdP-initiated assertion (no InResponseTo) wrapped by an attacker in an unsigned
+    Response naming their own pending request must not pass as SP-initiated."""
+    rid, relay, _ = await h.begin()
+    a = h.idp.sign(h.idp.assertion())
+    assert "InResponseTo" in await refused(h, TokenValidationError,
+                                           h.idp.response(a, in_response_to=rid), relay)
+
+
+async def test_signed_response_in_response_to_counts(tmp_path: Path) -> None:
+    h = await make_harness(tmp_path, signed="response")
+    rid, relay, _ = await h.begin()
+    r = h.idp.sign(h.idp.response(h.idp.assertion(), in_response_to=rid))
+    identity, login = await h.post(r, relay)
+    assert login.app == "lms" and identity.subject == "alice@corp.example"

@@ -10,7 +10,7 @@ python3-saml 1.16 is lax on each of them (see DESIGN.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lxml import etree
 
@@ -118,7 +118,7 @@ def _stray_signatures(root: Element, allowed: list[Element | None]) -> None:
         raise TokenValidationError("Signature found outside the Response and the Assertion")
 
 
-def _verified_assertion(root: Element, exp: Expectations) -> Element:
+def _verified_assertion(root: Element, exp: Expectations) -> tuple[Element, bool]:
     """Verify the signatures ``exp.signed`` asks for (and any other present) and return the
     assertion. The response signature is checked before decryption: it covers the ciphertext."""
     response_sig = _only(root, DS + "Signature", "response Signature", required=False)
@@ -142,7 +142,7 @@ def _verified_assertion(root: Element, exp: Expectations) -> Element:
     # Every signature present is verified: a present-but-wrong one is never ignored.
     if assertion_sig is not None:
         verify_signature(assertion_sig, exp.idp_certificates, exp.allow_sha1, "assertion")
-    return assertion
+    return assertion, response_sig is not None
 
 
 def _window(element: Element, now: float, skew: int, what: str) -> float | None:
@@ -174,6 +174,8 @@ def _check_conditions(assertion: Element, exp: Expectations, now: float) -> floa
 def _check_subject(
     assertion: Element, exp: Expectations, now: float, response_irt: str | None
 ) -> tuple[Element, float, str | None]:
+    """NameID, confirmation expiry and the signed InResponseTo of a valid bearer
+    confirmation (the caller decides whether the Response's own value may stand in)."""
     subject = _only(assertion, SAML + "Subject", "Subject")
     if subject.find(SAML + "EncryptedID") is not None:
         raise TokenValidationError("encrypted NameID is not supported")
@@ -202,7 +204,7 @@ def _check_subject(
             problem = exc.reason
             continue
         assert expiry is not None
-        return name_id, expiry, irt if irt is not None else response_irt
+        return name_id, expiry, irt
     raise TokenValidationError(problem)
 
 
@@ -241,11 +243,18 @@ def validate_response(saml_response: str, exp: Expectations, now: float) -> Veri
     if destination is not None and destination != exp.acs_url:
         raise TokenValidationError("response Destination is not our ACS URL")
     _check_issuer(root, exp, "response", required=False)
-    assertion = _verified_assertion(root, exp)
+    assertion, response_signed = _verified_assertion(root, exp)
     # From here on only the canonical copy of the covered assertion is read.
     signed = canonical_copy(assertion)
     _unique_ids(signed)
-    return _read_assertion(signed, exp, now, root.get("InResponseTo"))
+    verified = _read_assertion(signed, exp, now, root.get("InResponseTo"))
+    if not response_signed and root.get("InResponseTo") != verified.in_response_to:
+        # An unsigned Response's InResponseTo would let anyone turn a signed unsolicited
+        # assertion into an answer to their own pending request: only a signed value counts.
+        raise TokenValidationError("Response InResponseTo is not covered by a signature")
+    if verified.in_response_to is None and root.get("InResponseTo") is not None:
+        return replace(verified, in_response_to=root.get("InResponseTo"))  # signed response
+    return verified
 
 
 def _read_assertion(

@@ -58,8 +58,11 @@ class DemoStack:
     workdir: tempfile.TemporaryDirectory[str] | None = None
 
     async def stop(self) -> None:
-        for served in reversed(self.servers):
-            await served.astop()
+        # The gateway (started last) first, so its LMS/IdP connections close; then the rest
+        # together (each uvicorn shutdown takes a few of its 0.1 s ticks).
+        if self.servers:
+            await self.servers[-1].astop()
+            await asyncio.gather(*(served.astop() for served in self.servers[:-1]))
         if self.workdir is not None:
             self.workdir.cleanup()
 

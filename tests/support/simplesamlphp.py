@@ -246,7 +246,8 @@ def simplesamlphp() -> Iterator[SimpleSamlPhp]:
         deadline = time.monotonic() + 15
         while True:
             try:
-                if httpx.get(f"{base_url}/saml2/idp/metadata.php", timeout=2).status_code == 200:
+                probe = httpx.get(f"{base_url}/saml2/idp/metadata.php", timeout=2)
+                if probe.status_code == 200 and b"EntityDescriptor" in probe.content:
                     break
             except httpx.TransportError:
                 pass
