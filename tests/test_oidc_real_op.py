@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 # Imported as a plugin (not by name) so pytest rewrites its asserts and shares the one
 # session-scoped provider with every module that asks for ``oidc_op``.
-pytest_plugins = ["tests.support.oidc_op"]
+
 
 GATEWAY_PORT = 8443  # any port: the provider matches loopback redirect URIs on any port
 
