@@ -90,7 +90,9 @@ def build_store(settings: Settings) -> Store:
 
         password = settings.store.password.reveal() if settings.store.password else None
         return RedisStore(
-            settings.store.url, password=password, key_prefix=settings.store.key_prefix,
+            settings.store.url,
+            password=password,
+            key_prefix=settings.store.key_prefix,
             tls_ca_file=settings.store.tls_ca_file,
         )
     return MemoryStore()
@@ -106,7 +108,9 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
     # One CA store (certifi, as httpx would use) for every client: each costs ~0.2 s to build.
     tls = ssl.create_default_context(cafile=certifi.where())
     idp_client = httpx.AsyncClient(
-        verify=tls, timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
+        verify=tls,
+        timeout=httpx.Timeout(10.0, connect=5.0),
+        follow_redirects=False,
         headers={"User-Agent": "gateway/0.1 (+sso)"},
     )
     clients = [idp_client]
@@ -114,14 +118,26 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
     for name, idp in settings.idp.items():
         if isinstance(idp, OidcIdpSettings):
             front_doors[name] = OidcFrontDoor(
-                name, idp, idp_client, store, f"{public}/auth/{name}/callback", metrics,
-                dev_mode=gw.dev_mode, login_timeout=gw.login_timeout_seconds,
+                name,
+                idp,
+                idp_client,
+                store,
+                f"{public}/auth/{name}/callback",
+                metrics,
+                dev_mode=gw.dev_mode,
+                login_timeout=gw.login_timeout_seconds,
             )
         else:
             front_doors[name] = SamlFrontDoor(
-                name, idp, idp_client, store, f"{public}/auth/{name}/acs",
-                f"{public}/auth/{name}/metadata", metrics,
-                dev_mode=gw.dev_mode, login_timeout=gw.login_timeout_seconds,
+                name,
+                idp,
+                idp_client,
+                store,
+                f"{public}/auth/{name}/acs",
+                f"{public}/auth/{name}/metadata",
+                metrics,
+                dev_mode=gw.dev_mode,
+                login_timeout=gw.login_timeout_seconds,
             )
     apps: dict[str, AppRuntime] = {}
     for name, app in settings.app.items():
@@ -139,13 +155,23 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         for group in (*app.required_groups, *app.group_map, *app.role_map)
     }
     sessions = SessionManager(
-        gw.signing_key.reveal(), store, secure=gw.cookie_secure,
-        lifetime=gw.session_lifetime_seconds, login_timeout=gw.login_timeout_seconds,
+        gw.signing_key.reveal(),
+        store,
+        secure=gw.cookie_secure,
+        lifetime=gw.session_lifetime_seconds,
+        login_timeout=gw.login_timeout_seconds,
         relevant_groups=relevant_groups,
     )
     return Services(
-        settings=settings, store=store, metrics=metrics, sessions=sessions, pages=Pages(),
-        front_doors=front_doors, apps=apps, own_host=own_host, clients=clients,
+        settings=settings,
+        store=store,
+        metrics=metrics,
+        sessions=sessions,
+        pages=Pages(),
+        front_doors=front_doors,
+        apps=apps,
+        own_host=own_host,
+        clients=clients,
     )
 
 
@@ -172,7 +198,9 @@ class RequestContext:
                 for name, value in self._defaults():
                     # A page that set its own CSP (embed pages: frame-ancestors <portals>)
                     # must not be contradicted by X-Frame-Options: DENY.
-                    framing_set = name == b"x-frame-options" and b"content-security-policy" in present
+                    framing_set = (
+                        name == b"x-frame-options" and b"content-security-policy" in present
+                    )
                     if name not in present and not framing_set:
                         headers.append((name, value))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -186,9 +214,11 @@ class RequestContext:
 
     def _defaults(self) -> list[tuple[bytes, bytes]]:
         headers = [
-            (b"content-security-policy",
-             b"default-src 'none'; style-src 'self'; img-src 'self' data:; "
-             b"frame-ancestors 'none'; base-uri 'none'"),
+            (
+                b"content-security-policy",
+                b"default-src 'none'; style-src 'self'; img-src 'self' data:; "
+                b"frame-ancestors 'none'; base-uri 'none'",
+            ),
             (b"x-frame-options", b"DENY"),
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"no-referrer"),
@@ -226,7 +256,10 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestContext, secure=settings.gateway.cookie_secure)],
-        exception_handlers={GatewayError: handlers.gateway_error, Exception: handlers.internal_error},
+        exception_handlers={
+            GatewayError: handlers.gateway_error,
+            Exception: handlers.internal_error,
+        },
         lifespan=lifespan,
     )
     app.state.services = services

@@ -48,13 +48,23 @@ def serve(path: str, host: str, port: int, workers: int) -> int:
         # Each worker re-reads the file (uvicorn imports the factory in every process).
         os.environ["GATEWAY_CONFIG"] = path
         uvicorn.run(
-            "gateway.cli:app_from_env", factory=True, host=host, port=port, workers=workers,
-            log_config=None, proxy_headers=True, server_header=False,
+            "gateway.cli:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            proxy_headers=True,
+            server_header=False,
         )
     else:
         uvicorn.run(
-            create_app(settings), host=host, port=port, log_config=None,
-            proxy_headers=True, server_header=False,
+            create_app(settings),
+            host=host,
+            port=port,
+            log_config=None,
+            proxy_headers=True,
+            server_header=False,
         )
     return 0
 

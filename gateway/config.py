@@ -86,7 +86,9 @@ def _https_problem(key: str, url: str | None, dev_mode: bool) -> str | None:
         return f"{key}: not a URL"
     allowed = ("https", "http") if dev_mode else ("https",)
     if parts.scheme not in allowed or not parts.hostname:
-        return f"{key}: must be an absolute https:// URL" + ("" if dev_mode else " (http only in dev_mode)")
+        return f"{key}: must be an absolute https:// URL" + (
+            "" if dev_mode else " (http only in dev_mode)"
+        )
     if parts.username or parts.password:
         return f"{key}: must not carry credentials"
     return None
@@ -133,7 +135,8 @@ def _idp_problems(
         return [
             _https_problem(f"{key}.issuer", idp.issuer, dev),
             f"{key}.algorithms: {', '.join(bad_algs)} not allowed (asymmetric algorithms only)"
-            if bad_algs else None,
+            if bad_algs
+            else None,
             f"{key}.algorithms: at least one algorithm is required" if not idp.algorithms else None,
             f"{key}.scopes: must include 'openid'" if "openid" not in idp.scopes else None,
         ]

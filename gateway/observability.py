@@ -27,40 +27,59 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.sign_ins = Counter(
-            "gateway_sign_ins_total", "Sign-ins by IdP, app and outcome",
-            ["idp", "app", "outcome"], registry=r,
+            "gateway_sign_ins_total",
+            "Sign-ins by IdP, app and outcome",
+            ["idp", "app", "outcome"],
+            registry=r,
         )
         self.lms_calls = Counter(
-            "gateway_lms_calls_total", "LMS API calls by app, operation and status",
-            ["app", "operation", "status"], registry=r,
+            "gateway_lms_calls_total",
+            "LMS API calls by app, operation and status",
+            ["app", "operation", "status"],
+            registry=r,
         )
         self.lms_latency = Histogram(
-            "gateway_lms_call_seconds", "LMS API call latency",
-            ["app", "operation"], registry=r,
+            "gateway_lms_call_seconds",
+            "LMS API call latency",
+            ["app", "operation"],
+            registry=r,
             buckets=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8),
         )
         self.budget_tokens = Gauge(
-            "gateway_budget_wait_seconds_last", "Last wait for an LMS call token, per app",
-            ["app"], registry=r,
+            "gateway_budget_wait_seconds_last",
+            "Last wait for an LMS call token, per app",
+            ["app"],
+            registry=r,
         )
         self.queue_wait = Histogram(
-            "gateway_budget_queue_wait_seconds", "Time sign-ins waited for an LMS call token",
-            ["app"], registry=r, buckets=(0.0, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+            "gateway_budget_queue_wait_seconds",
+            "Time sign-ins waited for an LMS call token",
+            ["app"],
+            registry=r,
+            buckets=(0.0, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
         )
         self.budget_exhausted = Counter(
-            "gateway_budget_exhausted_total", "Sign-ins sent to the queue page", ["app"],
+            "gateway_budget_exhausted_total",
+            "Sign-ins sent to the queue page",
+            ["app"],
             registry=r,
         )
         self.provisioning = Counter(
-            "gateway_provisioning_actions_total", "LMS accounts created, updated, reactivated",
-            ["app", "action"], registry=r,
+            "gateway_provisioning_actions_total",
+            "LMS accounts created, updated, reactivated",
+            ["app", "action"],
+            registry=r,
         )
         self.replay_rejections = Counter(
-            "gateway_replay_rejections_total", "Replayed states, nonces and assertions refused",
-            ["idp", "kind"], registry=r,
+            "gateway_replay_rejections_total",
+            "Replayed states, nonces and assertions refused",
+            ["idp", "kind"],
+            registry=r,
         )
         self.circuit_open = Gauge(
-            "gateway_lms_circuit_open", "1 while an app's LMS circuit is open", ["app"],
+            "gateway_lms_circuit_open",
+            "1 while an app's LMS circuit is open",
+            ["app"],
             registry=r,
         )
 

@@ -36,7 +36,9 @@ def profile_for(app_name: str, app: AppSettings, identity: Identity) -> Profile:
     if app.required_groups and not groups.intersection(app.required_groups):
         raise AccessDenied(f"app {app_name}: employee is in none of the required groups")
 
-    lms_groups = tuple(dict.fromkeys(app.group_map[g] for g in identity.groups if g in app.group_map))
+    lms_groups = tuple(
+        dict.fromkeys(app.group_map[g] for g in identity.groups if g in app.group_map)
+    )
     role = next((r for g, r in app.role_map.items() if g in groups), app.default_role)
     first, last = _names(identity, email)
     username = _username(app_name, app, identity, email)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import PlainValidator, ConfigDict, Field, ValidationInfo
+from pydantic import ConfigDict, Field, PlainValidator, ValidationInfo
 from pydantic.dataclasses import dataclass
 
 STRICT = ConfigDict(extra="forbid", frozen=True)

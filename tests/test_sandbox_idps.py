@@ -253,7 +253,8 @@ async def test_cancel_returns_access_denied_and_choice_is_single_use(op) -> None
               "scope": "openid", "state": "s", "code_challenge": pkce()[1],
               "code_challenge_method": "S256"}
     page = await client.get("/authorize", params=params)
-    assert "form-action 'self' http://gw.test" in page.headers["content-security-policy"]
+    # no form-action: Chromium would apply it to the gateway's onward redirect to the LMS
+    assert "form-action" not in page.headers["content-security-policy"]
     form = parse_form(page.text)
     answer = await client.post("/authorize", data={**form.fields, "action": "cancel"})
     assert parse_qs(urlsplit(answer.headers["location"]).query)["error"] == ["access_denied"]
@@ -339,7 +340,7 @@ async def test_sso_posts_a_signed_response_that_verifies_against_the_published_c
     csp = post.headers["content-security-policy"]
     nonce = re.search(r"script-src 'nonce-([^']+)'", csp)
     assert nonce and f'<script nonce="{nonce.group(1)}">' in post.text
-    assert "form-action http://gw.test" in csp and ">Continue</button>" in post.text
+    assert "form-action" not in csp and ">Continue</button>" in post.text
 
     xml = base64.b64decode(form.fields["SAMLResponse"])
     root = etree.fromstring(xml)

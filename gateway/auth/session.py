@@ -93,8 +93,13 @@ class SessionManager:
             {"sid": session.sid, "iat": session.issued_at, "identity": asdict(identity)}
         )
         response.set_cookie(
-            self.cookie_name, value, max_age=self.lifetime, path="/",
-            secure=self.secure, httponly=True, samesite="lax",
+            self.cookie_name,
+            value,
+            max_age=self.lifetime,
+            path="/",
+            secure=self.secure,
+            httponly=True,
+            samesite="lax",
         )
         return session
 
@@ -121,8 +126,13 @@ class SessionManager:
     def set_login_binding(self, response: Response, token: str, *, cross_site_post: bool) -> None:
         samesite: Any = "none" if (cross_site_post and self.secure) else "lax"
         response.set_cookie(
-            self.login_cookie_name, token, max_age=self.login_timeout, path="/",
-            secure=self.secure, httponly=True, samesite=samesite,
+            self.login_cookie_name,
+            token,
+            max_age=self.login_timeout,
+            path="/",
+            secure=self.secure,
+            httponly=True,
+            samesite=samesite,
         )
 
     def login_binding(self, request: Request) -> str | None:

@@ -135,14 +135,23 @@ class LmsHttp:
         last_error: ConnectorError | None = None
         for attempt in range(attempts):
             if attempt:
-                await asyncio.sleep(self._backoff_base * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5))  # noqa: S311
+                # Jitter spreads retries of many sign-ins; not security-relevant randomness.
+                jitter = random.uniform(0.5, 1.5)  # noqa: S311
+                await asyncio.sleep(self._backoff_base * (2 ** (attempt - 1)) * jitter)
             waited = await self.budget.acquire()
             if self.metrics is not None:
                 self.metrics.queue_wait.labels(self.app).observe(waited)
             try:
                 return await self._send_once(
-                    operation, method, url, ok, passthrough,
-                    params=params, headers=headers, json_data=json_data, form=form,
+                    operation,
+                    method,
+                    url,
+                    ok,
+                    passthrough,
+                    params=params,
+                    headers=headers,
+                    json_data=json_data,
+                    form=form,
                 )
             except LmsRateLimited:
                 raise
@@ -195,8 +204,15 @@ class LmsHttp:
         if self.metrics is not None:
             self.metrics.lms_calls.labels(self.app, operation, str(status)).inc()
         log_event(
-            log, logging.DEBUG, "lms call", app=self.app, operation=operation,
-            method=method, path=path, status=status, ms=round(elapsed * 1000, 1),
+            log,
+            logging.DEBUG,
+            "lms call",
+            app=self.app,
+            operation=operation,
+            method=method,
+            path=path,
+            status=status,
+            ms=round(elapsed * 1000, 1),
         )
         if status in ok or status in passthrough:
             self.budget.record_success()

@@ -99,19 +99,19 @@ def render(
     template: str,
     *,
     status_code: int = 200,
-    form_action: tuple[str, ...] = ("'self'",),
     **context: Any,
 ) -> HTMLResponse:
     """Render ``template`` with a fresh CSP nonce (``csp_nonce``) for its style and script.
 
-    ``form_action`` lists where the page's forms may go, including where a POST may be
-    redirected (browsers apply ``form-action`` to redirects after a form submission too).
+    No ``form-action``: Chromium applies it to every redirect after a form POST, and a
+    sign-in POST here is redirected to the gateway and from there on to the LMS, an origin
+    this IdP cannot know (real IdPs leave it unset for the same reason).
     """
     nonce = secrets.token_urlsafe(16)
     html = _ENV.get_template(template).render(csp_nonce=nonce, **context)
     csp = (
         f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; "
-        f"form-action {' '.join(form_action)}; frame-ancestors 'none'; base-uri 'none'"
+        "frame-ancestors 'none'; base-uri 'none'"
     )
     return HTMLResponse(
         html,
@@ -128,12 +128,11 @@ def render(
 
 def choose_page(
     *, action: str, txn: str, audience: str, protocol: str,
-    form_action: tuple[str, ...], cancel: bool = True,
+    cancel: bool = True,
 ) -> HTMLResponse:
     """The "Choose a demo employee" page: one button per employee, posting ``txn`` and ``sub``."""
     return render(
         "choose_employee.html",
-        form_action=form_action,
         action=action,
         txn=txn,
         audience=audience,

@@ -38,7 +38,7 @@ SKYPREP_KEY = "demo-skyprep-api-key"
 DAMSTRA_KEY = "demo-damstra-access-key"
 LITMOS_KEY = "demo-litmos-api-key"
 OIDC_CLIENT_ID = "gateway-demo"
-PORTAL_TOKEN = "demo-portal-token"  # noqa: S105 - the demo portal's published credential
+PORTAL_TOKEN = "demo-portal-token"
 
 
 @dataclass
@@ -78,57 +78,105 @@ def _bind(port: int) -> socket.socket:
 
 
 def demo_config(
-    *, gateway: str, oidc: str, saml_metadata_file: str, skyprep: str, damstra: str, litmos: str,
-    portal: str, store: dict[str, Any] | None = None, calls_per_minute: int = 100,
+    *,
+    gateway: str,
+    oidc: str,
+    saml_metadata_file: str,
+    skyprep: str,
+    damstra: str,
+    litmos: str,
+    portal: str,
+    store: dict[str, Any] | None = None,
+    calls_per_minute: int = 100,
 ) -> dict[str, Any]:
     """The demo's configuration as TOML-shaped data (validated like any file)."""
     idps = ["demo-oidc", "demo-saml"]
-    rules = {"allowed_email_domains": [DEMO_EMAIL_DOMAIN], "required_groups": list(DEMO_ALLOWED_GROUPS)}
+    rules = {
+        "allowed_email_domains": [DEMO_EMAIL_DOMAIN],
+        "required_groups": list(DEMO_ALLOWED_GROUPS),
+    }
     budget = {"calls_per_minute": calls_per_minute, "max_wait_seconds": 5.0}
     return {
         "gateway": {
-            "public_url": gateway, "signing_key": {"env": "GATEWAY_SIGNING_KEY"},
-            "cookie_secure": False, "dev_mode": True, "log_format": "text",
+            "public_url": gateway,
+            "signing_key": {"env": "GATEWAY_SIGNING_KEY"},
+            "cookie_secure": False,
+            "dev_mode": True,
+            "log_format": "text",
         },
         "store": store or {"backend": "memory"},
         "idp": {
             "demo-oidc": {
-                "type": "oidc", "issuer": oidc, "client_id": OIDC_CLIENT_ID,
-                "client_secret": {"env": "DEMO_OIDC_SECRET"}, "display_name": "Demo company (OpenID Connect)",
-                "claims": {"employee_number": "employee_number"}, "end_session": True,
+                "type": "oidc",
+                "issuer": oidc,
+                "client_id": OIDC_CLIENT_ID,
+                "client_secret": {"env": "DEMO_OIDC_SECRET"},
+                "display_name": "Demo company (OpenID Connect)",
+                "claims": {"employee_number": "employee_number"},
+                "end_session": True,
             },
             "demo-saml": {
-                "type": "saml", "sp_entity_id": f"{gateway}/auth/demo-saml/metadata",
-                "display_name": "Demo company (SAML)", "metadata_file": saml_metadata_file,
-                "allow_idp_initiated": True, "default_app": "skyprep",
+                "type": "saml",
+                "sp_entity_id": f"{gateway}/auth/demo-saml/metadata",
+                "display_name": "Demo company (SAML)",
+                "metadata_file": saml_metadata_file,
+                "allow_idp_initiated": True,
+                "default_app": "skyprep",
             },
         },
         "app": {
             "skyprep": {
-                "connector": "skyprep", "idps": idps, "display_name": "SkyPrep (demo)",
-                "group_map": {"Staff": "All staff", "Safety": "Safety team", "Managers": "Managers"},
-                "budget": budget, **rules,
-                "skyprep": {"api_key": {"env": "DEMO_SKYPREP_KEY"}, "acct_key": "demo.skyprepapp.com",
-                            "api_url": f"{skyprep}/admin/api", "login_host": skyprep.split("//")[1]},
+                "connector": "skyprep",
+                "idps": idps,
+                "display_name": "SkyPrep (demo)",
+                "group_map": {
+                    "Staff": "All staff",
+                    "Safety": "Safety team",
+                    "Managers": "Managers",
+                },
+                "budget": budget,
+                **rules,
+                "skyprep": {
+                    "api_key": {"env": "DEMO_SKYPREP_KEY"},
+                    "acct_key": "demo.skyprepapp.com",
+                    "api_url": f"{skyprep}/admin/api",
+                    "login_host": skyprep.split("//")[1],
+                },
             },
             "damstra": {
-                "connector": "damstra", "idps": idps, "display_name": "Damstra Learning (demo)",
-                "budget": budget, "update_on_login": True, **rules,
-                "damstra": {"access_key": {"env": "DEMO_DAMSTRA_KEY"}, "api_url": f"{damstra}/api/v2",
-                            "login_host": damstra.split("//")[1]},
+                "connector": "damstra",
+                "idps": idps,
+                "display_name": "Damstra Learning (demo)",
+                "budget": budget,
+                "update_on_login": True,
+                **rules,
+                "damstra": {
+                    "access_key": {"env": "DEMO_DAMSTRA_KEY"},
+                    "api_url": f"{damstra}/api/v2",
+                    "login_host": damstra.split("//")[1],
+                },
             },
             "litmos": {
-                "connector": "litmos", "idps": idps, "display_name": "Litmos (demo)",
-                "budget": budget, "role_map": {"Managers": "Team_Leader"},
-                "group_map": {"Safety": "safety"}, **rules,
-                "litmos": {"api_key": {"env": "DEMO_LITMOS_KEY"}, "api_url": f"{litmos}/v1.svc",
-                           "login_host": litmos.split("//")[1], "source": "gateway-demo"},
+                "connector": "litmos",
+                "idps": idps,
+                "display_name": "Litmos (demo)",
+                "budget": budget,
+                "role_map": {"Managers": "Team_Leader"},
+                "group_map": {"Safety": "safety"},
+                **rules,
+                "litmos": {
+                    "api_key": {"env": "DEMO_LITMOS_KEY"},
+                    "api_url": f"{litmos}/v1.svc",
+                    "login_host": litmos.split("//")[1],
+                    "source": "gateway-demo",
+                },
             },
         },
         "portal": {
             "demo-portal": {
                 "token_sha256": hashlib.sha256(PORTAL_TOKEN.encode()).hexdigest(),
-                "apps": ["damstra"], "origins": [portal],
+                "apps": ["damstra"],
+                "origins": [portal],
             }
         },
     }
@@ -151,7 +199,10 @@ def _portal_app(gateway: str, lesson_schedule_id: int) -> Starlette:
 
 
 async def start_demo(
-    port: int = 0, *, store: dict[str, Any] | None = None, calls_per_minute: int = 100,
+    port: int = 0,
+    *,
+    store: dict[str, Any] | None = None,
+    calls_per_minute: int = 100,
     environ: dict[str, str] | None = None,
 ) -> DemoStack:
     """Start the whole demo on 127.0.0.1: the gateway on ``port`` (0 = any free port), the
@@ -165,13 +216,21 @@ async def start_demo(
     client_secret = secrets.token_urlsafe(24)
 
     oidc_idp = DemoOidcProvider(
-        oidc, {OIDC_CLIENT_ID: DemoClient(client_secret, (f"{gateway}/auth/demo-oidc/callback",),
-                                          (f"{gateway}/signed-out",))},
+        oidc,
+        {
+            OIDC_CLIENT_ID: DemoClient(
+                client_secret, (f"{gateway}/auth/demo-oidc/callback",), (f"{gateway}/signed-out",)
+            )
+        },
         demo_mode=True,
     )
     saml_idp = DemoSamlIdp(
-        f"{saml}/metadata", saml, f"{gateway}/auth/demo-saml/metadata",
-        f"{gateway}/auth/demo-saml/acs", demo_mode=True, idp_initiated_relay_state="skyprep",
+        f"{saml}/metadata",
+        saml,
+        f"{gateway}/auth/demo-saml/metadata",
+        f"{gateway}/auth/demo-saml/acs",
+        demo_mode=True,
+        idp_initiated_relay_state="skyprep",
     )
     metadata_file = Path(workdir.name) / "demo-saml-idp.xml"
     metadata_file.write_bytes(saml_idp.metadata)
@@ -186,23 +245,48 @@ async def start_demo(
 
     env = {
         **(environ or os.environ),
-        "GATEWAY_SIGNING_KEY": secrets.token_hex(32), "DEMO_OIDC_SECRET": client_secret,
-        "DEMO_SKYPREP_KEY": SKYPREP_KEY, "DEMO_DAMSTRA_KEY": DAMSTRA_KEY, "DEMO_LITMOS_KEY": LITMOS_KEY,
+        "GATEWAY_SIGNING_KEY": secrets.token_hex(32),
+        "DEMO_OIDC_SECRET": client_secret,
+        "DEMO_SKYPREP_KEY": SKYPREP_KEY,
+        "DEMO_DAMSTRA_KEY": DAMSTRA_KEY,
+        "DEMO_LITMOS_KEY": LITMOS_KEY,
     }
     config = demo_config(
-        gateway=gateway, oidc=oidc, saml_metadata_file=str(metadata_file), skyprep=skyprep_url,
-        damstra=damstra_url, litmos=litmos_url, portal=portal, store=store,
+        gateway=gateway,
+        oidc=oidc,
+        saml_metadata_file=str(metadata_file),
+        skyprep=skyprep_url,
+        damstra=damstra_url,
+        litmos=litmos_url,
+        portal=portal,
+        store=store,
         calls_per_minute=calls_per_minute,
     )
     settings = parse_settings(config, env)
     gateway_app = create_app(settings)
-    stack = DemoStack(gateway, oidc, saml, portal, skyprep, damstra, litmos, settings, gateway_app,
-                      workdir=workdir)
+    stack = DemoStack(
+        gateway,
+        oidc,
+        saml,
+        portal,
+        skyprep,
+        damstra,
+        litmos,
+        settings,
+        gateway_app,
+        workdir=workdir,
+    )
     try:
         # IdPs and LMSs first: the gateway fetches discovery when it starts.
-        for app, sock in ((oidc_idp.app, socks[1]), (saml_idp.app, socks[2]), (skyprep.app, socks[3]),
-                          (damstra.app, socks[4]), (litmos.app, socks[5]),
-                          (_portal_app(gateway, induction), socks[6]), (gateway_app, socks[0])):
+        for app, sock in (
+            (oidc_idp.app, socks[1]),
+            (saml_idp.app, socks[2]),
+            (skyprep.app, socks[3]),
+            (damstra.app, socks[4]),
+            (litmos.app, socks[5]),
+            (_portal_app(gateway, induction), socks[6]),
+            (gateway_app, socks[0]),
+        ):
             stack.servers.append(await serve_task(app, sock))
     except BaseException:
         await stack.stop()
@@ -212,18 +296,20 @@ async def start_demo(
 
 def banner(stack: DemoStack) -> str:
     g = stack.gateway_url
-    return "\n".join([
-        "",
-        "gateway demo is running (Ctrl-C stops it). Open in a browser:",
-        f"  {g}/login/skyprep    sign in to the SkyPrep simulator",
-        f"  {g}/login/damstra    sign in to the Damstra Learning simulator",
-        f"  {g}/login/litmos     sign in to the Litmos simulator",
-        f"  {g}/login/litmos?target=course:<id>   deep link (course ids on the Litmos simulator)",
-        f"  {stack.portal_url}/          a portal page embedding Bob Brown's lesson player",
-        f"  {stack.saml_url}/          the demo SAML IdP (IdP-initiated sign-in)",
-        "Pick any employee; Dana Visitor shows the access-denied page.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "",
+            "gateway demo is running (Ctrl-C stops it). Open in a browser:",
+            f"  {g}/login/skyprep    sign in to the SkyPrep simulator",
+            f"  {g}/login/damstra    sign in to the Damstra Learning simulator",
+            f"  {g}/login/litmos     sign in to the Litmos simulator",
+            f"  {g}/login/litmos?target=course:<id>   deep link to a Litmos course",
+            f"  {stack.portal_url}/          a portal page embedding Bob Brown's lesson player",
+            f"  {stack.saml_url}/          the demo SAML IdP (IdP-initiated sign-in)",
+            "Pick any employee; Dana Visitor shows the access-denied page.",
+            "",
+        ]
+    )
 
 
 def run_demo(port: int = 8000, argv: Sequence[str] = ()) -> int:

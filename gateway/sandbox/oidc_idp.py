@@ -36,7 +36,6 @@ from gateway.sandbox._idp_common import (
     choose_page,
     gateway_error_handler,
     is_absolute_http_url,
-    origin_of,
     read_form,
     render,
     require_demo_mode,
@@ -225,7 +224,6 @@ class DemoOidcProvider:
         ))
         return choose_page(
             action="/authorize", txn=txn, audience=client_id, protocol="OpenID Connect",
-            form_action=("'self'", origin_of(redirect_uri)),
         )
 
     async def _choose(self, request: Request) -> Response:

@@ -36,7 +36,6 @@ from gateway.sandbox._idp_common import (
     choose_page,
     gateway_error_handler,
     is_absolute_http_url,
-    origin_of,
     read_form,
     render,
     require_demo_mode,
@@ -176,7 +175,7 @@ class DemoSamlIdp:
     def _choose_page(self, txn: str) -> Response:
         return choose_page(
             action="/sso", txn=txn, audience=self.sp_entity_id, protocol="SAML 2.0",
-            form_action=("'self'",), cancel=False,
+            cancel=False,
         )
 
     async def _choose(self, request: Request) -> Response:
@@ -198,7 +197,6 @@ class DemoSamlIdp:
         )
         return render(
             "saml_post.html",
-            form_action=(origin_of(self.sp_acs_url),),
             acs_url=self.sp_acs_url,
             saml_response=base64.b64encode(xml).decode("ascii"),
             relay_state=pending.relay_state,

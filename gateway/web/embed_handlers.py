@@ -56,8 +56,9 @@ async def embed_page(request: Request) -> Response:
             # Not cached (first visit, or the cache expired): provision as a sign-in would.
             # The link minted on the way is dropped unused; it never leaves this process.
             account = (await runtime.provisioner.sign_in(identity, profile, None)).account
-        url = await embed.session_embed(runtime.connector, app_name, account.user_id,
-                                        request.path_params["id"])
+        url = await embed.session_embed(
+            runtime.connector, app_name, account.user_id, request.path_params["id"]
+        )
         return RedirectResponse(url, status_code=303, headers=headers)
     except GatewayError as exc:
         response = gateway_error_response(request, exc)
@@ -72,9 +73,11 @@ def _sign_in_page(runtime: AppRuntime, path: str, headers: dict[str, str]) -> Re
     if len(runtime.settings.idps) > 1:
         href = f"/login/{quote(runtime.name)}"
     name = html.escape(runtime.settings.display_name or runtime.name)
-    body = (f"<!doctype html><meta charset=utf-8><title>Sign in</title>"
-            f"<p>Sign in to see your lessons in {name}.</p>"
-            f"<p><a href=\"{html.escape(href)}\" target=\"_top\">Sign in</a></p>")
+    body = (
+        f"<!doctype html><meta charset=utf-8><title>Sign in</title>"
+        f"<p>Sign in to see your lessons in {name}.</p>"
+        f'<p><a href="{html.escape(href)}" target="_top">Sign in</a></p>'
+    )
     return HTMLResponse(body, status_code=401, headers=headers)
 
 
@@ -83,8 +86,9 @@ async def _api(request: Request, work: Callable[[AppRuntime], Awaitable[object]]
     app_name = request.path_params["app"]
     cors = embed.cors_headers(svc.settings.portal, request.headers.get("origin"), app_name)
     try:
-        embed.authenticate_portal(request.headers.get("authorization"), svc.settings.portal,
-                                  app_name)
+        embed.authenticate_portal(
+            request.headers.get("authorization"), svc.settings.portal, app_name
+        )
         body = await work(svc.app(app_name))
         return JSONResponse(body, headers={**NO_STORE, **cors})
     except GatewayError as exc:
@@ -99,8 +103,12 @@ async def api_lesson_schedules(request: Request) -> Response:
 
     async def work(runtime: AppRuntime) -> object:
         return await embed.portal_lesson_schedules(
-            runtime.connector, runtime.name, _resolver(runtime), params.get("employee"),
-            params.get("status"))
+            runtime.connector,
+            runtime.name,
+            _resolver(runtime),
+            params.get("employee"),
+            params.get("status"),
+        )
 
     return await _api(request, work)
 
@@ -110,8 +118,12 @@ async def api_embed(request: Request) -> Response:
 
     async def work(runtime: AppRuntime) -> object:
         return await embed.portal_embed(
-            runtime.connector, runtime.name, _resolver(runtime),
-            request.query_params.get("employee"), request.path_params["id"])
+            runtime.connector,
+            runtime.name,
+            _resolver(runtime),
+            request.query_params.get("employee"),
+            request.path_params["id"],
+        )
 
     return await _api(request, work)
 
@@ -119,8 +131,12 @@ async def api_embed(request: Request) -> Response:
 async def api_preflight(request: Request) -> Response:
     """CORS preflight: allowed only for origins of portals scoped to the app."""
     svc = services(request)
-    headers = embed.cors_headers(svc.settings.portal, request.headers.get("origin"),
-                                 request.path_params["app"], preflight=True)
+    headers = embed.cors_headers(
+        svc.settings.portal,
+        request.headers.get("origin"),
+        request.path_params["app"],
+        preflight=True,
+    )
     return Response(status_code=204, headers={**NO_STORE, **headers})
 
 
@@ -130,6 +146,5 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/apps/{app}/lesson-schedules", api_lesson_schedules, methods=["GET"]),
         Route("/api/v1/apps/{app}/lesson-schedules", api_preflight, methods=["OPTIONS"]),
         Route("/api/v1/apps/{app}/lesson-schedules/{id}/embed", api_embed, methods=["GET"]),
-        Route("/api/v1/apps/{app}/lesson-schedules/{id}/embed", api_preflight,
-              methods=["OPTIONS"]),
+        Route("/api/v1/apps/{app}/lesson-schedules/{id}/embed", api_preflight, methods=["OPTIONS"]),
     ]

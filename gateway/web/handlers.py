@@ -61,7 +61,9 @@ async def login(request: Request) -> Response:
     idp = request.query_params.get("idp")
     if idp is None and len(runtime.settings.idps) > 1:
         return svc.pages.render(
-            "choose_idp.html", app=runtime, target=target,
+            "choose_idp.html",
+            app=runtime,
+            target=target,
             idps=[(name, _idp_label(svc, name)) for name in runtime.settings.idps],
         )
     idp = idp or runtime.settings.idps[0]
@@ -71,7 +73,7 @@ async def login(request: Request) -> Response:
 
 
 async def auth_login(request: Request) -> Response:
-    """``GET /auth/{idp}/login``: start a sign-in at one IdP (``app``, ``target``, ``return_to``)."""
+    """``GET /auth/{idp}/login``: start a sign-in at one IdP (``app``/``target``/``return_to``)."""
     svc = services(request)
     idp = request.path_params["idp"]
     svc.front_door(idp)
@@ -84,11 +86,14 @@ async def auth_login(request: Request) -> Response:
     return_to = None
     if params.get("return_to"):
         return_to = safe_return_to(
-            params["return_to"], own_host=svc.own_host,
+            params["return_to"],
+            own_host=svc.own_host,
             allowed_hosts=svc.settings.gateway.allowed_return_hosts,
             dev_mode=svc.settings.gateway.dev_mode,
         )
-    request_ = LoginRequest(app=app_name, target=check_target(params.get("target")), return_to=return_to)
+    request_ = LoginRequest(
+        app=app_name, target=check_target(params.get("target")), return_to=return_to
+    )
     return await start_login(request, idp, request_)
 
 
@@ -137,7 +142,9 @@ async def saml_acs(request: Request) -> Response:
 
     try:
         identity, login_request = await door.complete(
-            saml_response, form.get("RelayState"), svc.sessions.login_binding(request),
+            saml_response,
+            form.get("RelayState"),
+            svc.sessions.login_binding(request),
             resolve_unsolicited,
         )
     except GatewayError:
@@ -153,14 +160,17 @@ async def saml_metadata(request: Request) -> Response:
     return Response(door.sp_metadata(), media_type="application/samlmetadata+xml")
 
 
-def _unsolicited_request(svc: Services, default_app: str | None, relay_state: str | None) -> LoginRequest:
+def _unsolicited_request(
+    svc: Services, default_app: str | None, relay_state: str | None
+) -> LoginRequest:
     """An IdP-initiated response: RelayState may name an app or a safe gateway path."""
     if relay_state:
         if relay_state in svc.apps:
             return LoginRequest(app=relay_state)
         try:
             path = check_return_to(
-                relay_state, own_host=svc.own_host,
+                relay_state,
+                own_host=svc.own_host,
                 allowed_hosts=svc.settings.gateway.allowed_return_hosts,
                 dev_mode=svc.settings.gateway.dev_mode,
             )
@@ -173,7 +183,9 @@ def _unsolicited_request(svc: Services, default_app: str | None, relay_state: st
     return LoginRequest(app=default_app)
 
 
-async def finish_login(request: Request, identity: Identity, login_request: LoginRequest) -> Response:
+async def finish_login(
+    request: Request, identity: Identity, login_request: LoginRequest
+) -> Response:
     """The IdP vouched for ``identity``: start a fresh session and continue."""
     svc = services(request)
     if login_request.app is not None:
@@ -183,20 +195,26 @@ async def finish_login(request: Request, identity: Identity, login_request: Logi
         except GatewayError as exc:
             response = gateway_error_response(request, exc)
     else:
-        response = RedirectResponse(login_request.return_to or "/", status_code=303, headers=NO_STORE)
+        response = RedirectResponse(
+            login_request.return_to or "/", status_code=303, headers=NO_STORE
+        )
     svc.sessions.issue(response, identity)
     svc.sessions.clear_login_binding(response)
     return response
 
 
-async def launch(request: Request, runtime: AppRuntime, identity: Identity, target: str | None) -> Response:
+async def launch(
+    request: Request, runtime: AppRuntime, identity: Identity, target: str | None
+) -> Response:
     """Apply the app's rules, provision, mint the sign-in link and send the browser there."""
     svc = services(request)
     reference = request.state.request_id
     outcome, action = "error", "none"
     try:
         profile = profile_for(runtime.name, runtime.settings, identity)
-        sign_in = await runtime.provisioner.sign_in(identity, profile, target or runtime.settings.default_target)
+        sign_in = await runtime.provisioner.sign_in(
+            identity, profile, target or runtime.settings.default_target
+        )
         outcome, action = "success", str(sign_in.action)
     except GatewayError as exc:
         outcome = exc.code
@@ -204,8 +222,13 @@ async def launch(request: Request, runtime: AppRuntime, identity: Identity, targ
     finally:
         svc.metrics.sign_ins.labels(identity.idp, runtime.name, outcome).inc()
         audit(
-            subject=identity.subject, email=identity.email, idp=identity.idp, app=runtime.name,
-            action=action, outcome=outcome, reference=reference,
+            subject=identity.subject,
+            email=identity.email,
+            idp=identity.idp,
+            app=runtime.name,
+            action=action,
+            outcome=outcome,
+            reference=reference,
         )
     # 303 so the browser GETs the link; no-store and no-referrer keep the one-time link
     # out of caches and out of the LMS's Referer logs.
@@ -220,7 +243,9 @@ async def logout_page(request: Request) -> Response:
     session = await svc.sessions.load(request)
     if session is None:
         return svc.pages.render("signed_out.html")
-    return svc.pages.render("logout.html", csrf=svc.sessions.csrf_token(session), identity=session.identity)
+    return svc.pages.render(
+        "logout.html", csrf=svc.sessions.csrf_token(session), identity=session.identity
+    )
 
 
 async def logout(request: Request) -> Response:
@@ -237,10 +262,13 @@ async def logout(request: Request) -> Response:
         door = svc.front_doors.get(session.identity.idp)
         idp_settings = svc.settings.idp.get(session.identity.idp)
         if isinstance(door, OidcFrontDoor) and getattr(idp_settings, "end_session", False):
-            end_url = door.end_session_url(f"{svc.settings.gateway.public_url.rstrip('/')}/signed-out")
+            end_url = door.end_session_url(
+                f"{svc.settings.gateway.public_url.rstrip('/')}/signed-out"
+            )
     response: Response = (
         RedirectResponse(end_url, status_code=303, headers=NO_STORE)
-        if end_url else RedirectResponse("/signed-out", status_code=303, headers=NO_STORE)
+        if end_url
+        else RedirectResponse("/signed-out", status_code=303, headers=NO_STORE)
     )
     await svc.sessions.end(response, session)
     return response
@@ -278,7 +306,9 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     svc = services(request)
-    problems = [f"idp {name}: not loaded" for name, door in svc.front_doors.items() if not door.ready]
+    problems = [
+        f"idp {name}: not loaded" for name, door in svc.front_doors.items() if not door.ready
+    ]
     try:
         await svc.store.ping()
     except StoreUnavailable:
@@ -299,8 +329,16 @@ def gateway_error_response(request: Request, exc: GatewayError) -> Response:
     svc = services(request)
     reference = getattr(request.state, "request_id", "-")
     level = logging.ERROR if exc.status >= 502 else logging.WARNING
-    log_event(log, level, "request failed", code=exc.code, reason=exc.reason,
-              status=exc.status, reference=reference, path=request.url.path)
+    log_event(
+        log,
+        level,
+        "request failed",
+        code=exc.code,
+        reason=exc.reason,
+        status=exc.status,
+        reference=reference,
+        path=request.url.path,
+    )
     headers = dict(NO_STORE)
     if isinstance(exc, BudgetExhausted | LmsRateLimited):
         retry = int(getattr(exc, "retry_after", None) or 30)
@@ -312,10 +350,16 @@ def gateway_error_response(request: Request, exc: GatewayError) -> Response:
         return JSONResponse(body, status_code=exc.status, headers=headers)
     if isinstance(exc, BudgetExhausted) and request.method == "GET":
         # The queue page reloads itself; whoever waited longest tends to get the next token.
-        return svc.pages.render("queue.html", status=503, headers=headers,
-                                retry=headers["Retry-After"], reference=reference)
-    return svc.pages.render("error.html", status=exc.status, headers=headers,
-                            message=exc.public, reference=reference)
+        return svc.pages.render(
+            "queue.html",
+            status=503,
+            headers=headers,
+            retry=headers["Retry-After"],
+            reference=reference,
+        )
+    return svc.pages.render(
+        "error.html", status=exc.status, headers=headers, message=exc.public, reference=reference
+    )
 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
@@ -327,8 +371,11 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     reference = getattr(request.state, "request_id", "-")
     log.exception("unhandled error", extra={"fields": {"reference": reference}})
     return services(request).pages.render(
-        "error.html", status=500, headers=dict(NO_STORE),
-        message="Something went wrong on our side.", reference=reference,
+        "error.html",
+        status=500,
+        headers=dict(NO_STORE),
+        message="Something went wrong on our side.",
+        reference=reference,
     )
 
 

@@ -24,7 +24,11 @@ class Pages:
         )
 
     def render(
-        self, template: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any
+        self,
+        template: str,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        **context: Any,
     ) -> HTMLResponse:
         html = self._env.get_template(template).render(**context)
         return HTMLResponse(html, status_code=status, headers=headers)
