@@ -83,7 +83,9 @@ class Budget:
                     f"LMS budget of app {self.app} spent; next call in {wait:.1f}s",
                     retry_after=max(1.0, wait),
                 )
-            await self._sleep(wait)
+            # At least a millisecond: a token a hair short of whole (float rounding) would
+            # otherwise ask for a sleep shorter than the clock ticks, and spin on the store.
+            await self._sleep(max(wait, 0.001))
 
     async def pause(self, seconds: float) -> None:
         """The LMS said slow down: hold every replica's calls for ``seconds``."""

@@ -23,9 +23,10 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Awaitable
 
 from gateway.connectors.base import Connector, LmsAccount, ProvisionAction, SignIn
-from gateway.errors import AccountGone, BudgetExhausted
+from gateway.errors import AccountGone, BudgetExhausted, StoreUnavailable
 from gateway.identity import Identity, Profile
 from gateway.observability import Metrics, log_event
 from gateway.settings import AppSettings
@@ -136,7 +137,7 @@ class Provisioner:
                     # The Store interface has no compare-and-delete; a winner that outlived
                     # lock_ttl may free a successor's lock, which at worst lets one more
                     # waiter in, and that one finds the cached account first.
-                    await self._store.delete(lock_key)
+                    await self._best_effort("release lock", self._store.delete(lock_key))
             # Someone else is provisioning this employee: wait for their account.
             if time.monotonic() >= deadline:
                 raise BudgetExhausted(
@@ -156,6 +157,16 @@ class Provisioner:
                     # Cached by the winner a moment ago and already gone: take over.
                     await self._store.delete(key)
 
+    async def _best_effort(self, what: str, operation: Awaitable[None]) -> None:
+        # After the LMS minted a link every security check is behind us; losing the store
+        # now costs the next sign-in some LMS calls (or a lock that expires on its own), so
+        # the employee still gets in rather than an error page for an unused link.
+        try:
+            await operation
+        except StoreUnavailable as exc:
+            log_event(log, logging.WARNING, f"could not {what}", app=self.app_name,
+                      reason=exc.reason)
+
     async def _cached(self, key: str) -> LmsAccount | None:
         if not self._cache_enabled:
             return None
@@ -171,7 +182,8 @@ class Provisioner:
         # Written on every sign-in: it records the digest of the Profile just sent and keeps
         # an active employee's entry alive. The link itself is a credential: never cached.
         if self._cache_enabled:
-            await self._store.set(key, _encode(result.account), self.app.account_cache_seconds)
+            write = self._store.set(key, _encode(result.account), self.app.account_cache_seconds)
+            await self._best_effort("cache account", write)
         if self._metrics is not None and result.action is not ProvisionAction.NONE:
             self._metrics.provisioning.labels(self.app_name, result.action.value).inc()
         return result

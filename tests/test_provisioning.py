@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -29,8 +28,9 @@ from gateway.store.redis import RedisStore
 from tests.support.redis_server import RedisServer, redis_server, redis_url  # noqa: F401
 
 ALICE = Identity(idp="corp", subject="sub-alice-1", email="alice@example.com")
-ALICE_PROFILE = Profile(email="alice@example.com", first_name="Alice", last_name="A",
-                        username="alice@example.com")
+ALICE_PROFILE = Profile(
+    email="alice@example.com", first_name="Alice", last_name="A", username="alice@example.com"
+)
 
 
 @dataclass
@@ -60,7 +60,9 @@ class FakeConnector:
     async def test_connection(self) -> None:
         await self.lms.call("ping")
 
-    async def sign_in(self, profile: Profile, known: LmsAccount | None, target: str | None) -> SignIn:
+    async def sign_in(
+        self, profile: Profile, known: LmsAccount | None, target: str | None
+    ) -> SignIn:
         self.known_seen.append(known)
         lms = self.lms
         action = ProvisionAction.NONE
@@ -114,14 +116,22 @@ def store() -> MemoryStore:
     return MemoryStore()
 
 
-def provisioner(lms: FakeLms, store: Store, *, app: str = "training",
-                metrics: Metrics | None = None, **kwargs: object) -> Provisioner:
+def provisioner(
+    lms: FakeLms,
+    store: Store,
+    *,
+    app: str = "training",
+    metrics: Metrics | None = None,
+    **kwargs: object,
+) -> Provisioner:
     settings = app_settings(**{k: v for k, v in kwargs.items() if k == "account_cache_seconds"})
     timing = {k: v for k, v in kwargs.items() if k in ("lock_ttl", "wait_timeout")}
     return Provisioner(app, settings, FakeConnector(lms), store, metrics, **timing)  # type: ignore[arg-type]
 
 
-async def test_first_sign_in_creates_and_returning_costs_one_call(lms: FakeLms, store: MemoryStore) -> None:
+async def test_first_sign_in_creates_and_returning_costs_one_call(
+    lms: FakeLms, store: MemoryStore
+) -> None:
     prov = provisioner(lms, store)
     first = await prov.sign_in(ALICE, ALICE_PROFILE, None)
     assert first.action is ProvisionAction.CREATED
@@ -135,7 +145,9 @@ async def test_first_sign_in_creates_and_returning_costs_one_call(lms: FakeLms, 
     assert again.url != first.url
 
 
-async def test_changed_profile_is_updated_and_the_new_digest_cached(lms: FakeLms, store: MemoryStore) -> None:
+async def test_changed_profile_is_updated_and_the_new_digest_cached(
+    lms: FakeLms, store: MemoryStore
+) -> None:
     prov = provisioner(lms, store)
     await prov.sign_in(ALICE, ALICE_PROFILE, None)
     renamed = replace(ALICE_PROFILE, last_name="Married-Name")
@@ -149,7 +161,9 @@ async def test_changed_profile_is_updated_and_the_new_digest_cached(lms: FakeLms
     assert lms.calls == ["login_link"]
 
 
-async def test_account_deleted_in_the_lms_is_provisioned_again(lms: FakeLms, store: MemoryStore) -> None:
+async def test_account_deleted_in_the_lms_is_provisioned_again(
+    lms: FakeLms, store: MemoryStore
+) -> None:
     prov = provisioner(lms, store)
     first = await prov.sign_in(ALICE, ALICE_PROFILE, None)
     lms.accounts.clear()  # an LMS admin deleted the user
@@ -165,7 +179,9 @@ async def test_account_deleted_in_the_lms_is_provisioned_again(lms: FakeLms, sto
 
 async def test_account_gone_is_retried_once_only(store: MemoryStore) -> None:
     class AlwaysGone(FakeConnector):
-        async def sign_in(self, profile: Profile, known: LmsAccount | None, target: str | None) -> SignIn:
+        async def sign_in(
+            self, profile: Profile, known: LmsAccount | None, target: str | None
+        ) -> SignIn:
             self.known_seen.append(known)
             raise AccountGone("user not found")
 
@@ -176,13 +192,16 @@ async def test_account_gone_is_retried_once_only(store: MemoryStore) -> None:
     lms = FakeLms()
     lms.accounts["42"] = ALICE_PROFILE
     await Provisioner("training", app_settings(), FakeConnector(lms), store).sign_in(
-        ALICE, ALICE_PROFILE, None)
+        ALICE, ALICE_PROFILE, None
+    )
     with pytest.raises(AccountGone):
         await prov.sign_in(ALICE, ALICE_PROFILE, None)
     assert connector.known_seen == [cached, None]
 
 
-async def test_five_simultaneous_first_sign_ins_create_one_account(lms: FakeLms, store: MemoryStore) -> None:
+async def test_five_simultaneous_first_sign_ins_create_one_account(
+    lms: FakeLms, store: MemoryStore
+) -> None:
     metrics = Metrics()
     prov = provisioner(lms, store, metrics=metrics)
     results = await asyncio.gather(*(prov.sign_in(ALICE, ALICE_PROFILE, None) for _ in range(5)))
@@ -194,7 +213,8 @@ async def test_five_simultaneous_first_sign_ins_create_one_account(lms: FakeLms,
     # The four waiters reused the cached account: one call each.
     assert len(lms.calls) == 3 + 4
     created = metrics.registry.get_sample_value(
-        "gateway_provisioning_actions_total", {"app": "training", "action": "created"})
+        "gateway_provisioning_actions_total", {"app": "training", "action": "created"}
+    )
     assert created == 1.0
 
 
@@ -277,7 +297,10 @@ async def test_a_crashed_winners_lock_expires(lms: FakeLms, store: MemoryStore) 
 
 
 async def test_cache_is_per_app_and_per_employee(lms: FakeLms, store: MemoryStore) -> None:
-    training, safety = provisioner(lms, store, app="training"), provisioner(lms, store, app="safety")
+    training, safety = (
+        provisioner(lms, store, app="training"),
+        provisioner(lms, store, app="safety"),
+    )
     await training.sign_in(ALICE, ALICE_PROFILE, None)
     lms.calls.clear()
     await safety.sign_in(ALICE, ALICE_PROFILE, None)
@@ -338,3 +361,17 @@ async def test_store_down_refuses_without_calling_the_lms(
         assert (await prov.sign_in(ALICE, ALICE_PROFILE, None)).action is ProvisionAction.CREATED
     finally:
         await store.aclose()
+
+
+async def test_store_lost_after_the_link_was_minted_still_signs_in(lms: FakeLms) -> None:
+    class FailingWrites(MemoryStore):
+        async def set(self, key: str, value: bytes, ttl: float) -> None:
+            raise StoreUnavailable("redis set failed: ConnectionError")
+
+        async def delete(self, key: str) -> None:
+            raise StoreUnavailable("redis delete failed: ConnectionError")
+
+    prov = provisioner(lms, FailingWrites())
+    result = await prov.sign_in(ALICE, ALICE_PROFILE, None)
+    assert result.action is ProvisionAction.CREATED  # the employee gets in
+    assert len(lms.accounts) == 1

@@ -99,6 +99,7 @@ class RedisStore:
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         max_connections: int = 64,
+        pool_timeout: float = 5.0,
         health_check_interval: int = 5,
     ) -> None:
         """Connections are opened lazily, so building the store never blocks or fails on I/O.
@@ -122,8 +123,9 @@ class RedisStore:
             # have run, and the caller should hear about a slow Redis quickly.
             "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             "max_connections": max_connections,
-            # Waiting for a free connection is bounded like any other Redis wait.
-            "timeout": socket_timeout,
+            # A burst waits this long for one of the pooled connections (bounded, so a stuck
+            # Redis still ends in StoreUnavailable) instead of opening thousands of them.
+            "timeout": pool_timeout,
         }
         if password is not None:
             options["password"] = password

@@ -15,17 +15,24 @@ Every server is killed and its directory removed at teardown.
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -37,35 +44,100 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    """One ``redis-server`` process bound to 127.0.0.1 on a fixed port."""
+def write_tls_files(directory: Path, name: str = "ca") -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 signed by it.
 
-    def __init__(self, password: str | None = None) -> None:
+    Returns (ca.pem, server.pem, server-key.pem) in ``directory``.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"test {name}")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / f"{name}.pem", directory / "server.pem", directory / "server-key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+class RedisServer:
+    """One ``redis-server`` process bound to 127.0.0.1 on a fixed port.
+
+    With ``tls=True`` it speaks only TLS, with a certificate for 127.0.0.1 signed by a
+    throw-away CA whose bundle is :attr:`ca_file`.
+    """
+
+    def __init__(self, password: str | None = None, *, tls: bool = False) -> None:
         self.password = password
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="gw-redis-"))
+        self.ca_file: Path | None = None
+        self._tls_args: list[str] = []
+        if tls:
+            ca, cert, key = write_tls_files(self.dir)
+            self.ca_file = ca
+            self._tls_args = [
+                "--tls-cert-file", str(cert),
+                "--tls-key-file", str(key),
+                "--tls-ca-cert-file", str(ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         self._proc: subprocess.Popen[bytes] | None = None
         self._frozen = False
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0`` (the password is passed separately, not in the URL)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis[s]://127.0.0.1:<port>/0`` (any password is passed separately)."""
+        scheme = "rediss" if self.ca_file else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         """Start (or restart) the server on :attr:`port` and wait until it answers PING."""
         if self._proc is not None and self._proc.poll() is None:
             return
+        port_args = ["--port", "0", "--tls-port", str(self.port)] if self.ca_file else [
+            "--port", str(self.port)
+        ]  # fmt: skip
         args = [
-            REDIS_SERVER,
-            "--port", str(self.port),
+            REDIS_SERVER, *port_args, *self._tls_args,
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.dir),
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
-        ]
+        ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
         self._proc = subprocess.Popen(
@@ -84,7 +156,11 @@ class RedisServer:
 
     def _answers_ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                sock: socket.socket = raw
+                if self.ca_file:
+                    context = ssl.create_default_context(cafile=str(self.ca_file))
+                    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 if self.password:
                     sock.sendall(f"AUTH {self.password}\r\n".encode())
                     if not sock.recv(64).startswith(b"+OK"):
