@@ -195,3 +195,30 @@ async def test_no_secret_reaches_the_logs(demo: DemoStack, browser: httpx.AsyncC
         assert secret not in logged
     assert "eyJ" not in logged  # no JWT (ID or access token) of any kind
     assert not re.search(r"code_verifier|verifier=", logged)
+
+
+async def test_metrics_show_sign_ins_lms_calls_and_provisioning(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+    await sign_in(browser, f"{demo.gateway_url}/login/damstra?idp=demo-oidc", ALICE)  # created
+    await browser.get(f"{demo.gateway_url}/login/damstra", follow_redirects=True)  # returning
+    async with httpx.AsyncClient() as other:
+        await sign_in(other, f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", DANA)  # denied
+    text = (await browser.get(f"{demo.gateway_url}/metrics")).text
+    assert 'gateway_sign_ins_total{app="damstra",idp="demo-oidc",outcome="success"} 2.0' in text
+    assert 'gateway_sign_ins_total{app="skyprep",idp="demo-oidc",outcome="access_denied"} 1.0' in text
+    assert 'gateway_provisioning_actions_total{action="created",app="damstra"} 1.0' in text
+    assert re.search(r'gateway_lms_calls_total\{app="damstra",operation="[a-z_]+",status="20\d"\} \d', text)
+    assert 'gateway_lms_call_seconds_bucket{app="damstra"' in text
+    assert 'gateway_lms_circuit_open{app="damstra"} 0.0' in text
+    assert "gateway_budget_queue_wait_seconds_count" in text
+
+
+async def test_pages_forbid_framing_and_health_endpoints_answer(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+    for path in ("/", "/login/litmos", "/signed-out", "/logout"):
+        response = await browser.get(f"{demo.gateway_url}{path}")
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert (await browser.get(f"{demo.gateway_url}/healthz")).text == "ok"
+    ready = await browser.get(f"{demo.gateway_url}/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    missing = await browser.get(f"{demo.gateway_url}/login/no-such-app")
+    assert missing.status_code == 404 and "reference" in missing.text
