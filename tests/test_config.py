@@ -14,19 +14,29 @@ from gateway.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "k" * 40
 ENV = {
-    "GATEWAY_SIGNING_KEY": KEY, "OKTA_CLIENT_SECRET": "s", "SKYPREP_API_KEY": "a",
-    "DAMSTRA_ACCESS_KEY": "d", "LITMOS_API_KEY": "l",
+    "GATEWAY_SIGNING_KEY": KEY,
+    "OKTA_CLIENT_SECRET": "s",
+    "SKYPREP_API_KEY": "a",
+    "DAMSTRA_ACCESS_KEY": "d",
+    "LITMOS_API_KEY": "l",
 }
 
 
 def minimal() -> dict:
     return {
-        "gateway": {"public_url": "https://learn.example.com", "signing_key": {"env": "GATEWAY_SIGNING_KEY"}},
+        "gateway": {
+            "public_url": "https://learn.example.com",
+            "signing_key": {"env": "GATEWAY_SIGNING_KEY"},
+        },
         "idp": {"okta": {"type": "oidc", "issuer": "https://idp.example.com", "client_id": "c"}},
         "app": {
             "training": {
-                "connector": "skyprep", "idps": ["okta"],
-                "skyprep": {"api_key": {"env": "SKYPREP_API_KEY"}, "acct_key": "acme.skyprepapp.com"},
+                "connector": "skyprep",
+                "idps": ["okta"],
+                "skyprep": {
+                    "api_key": {"env": "SKYPREP_API_KEY"},
+                    "acct_key": "acme.skyprepapp.com",
+                },
             }
         },
     }
@@ -84,8 +94,13 @@ def test_missing_secret_env_and_file(tmp_path: Path) -> None:
     data = minimal()
     data["app"]["training"]["skyprep"]["api_key"] = {"file": str(tmp_path / "absent")}
     problems = problems_of(data, {})
-    assert any(p.startswith("gateway.signing_key: environment variable GATEWAY_SIGNING_KEY") for p in problems)
-    assert any(p.startswith("app.training.skyprep.api_key: cannot read secret file") for p in problems)
+    assert any(
+        p.startswith("gateway.signing_key: environment variable GATEWAY_SIGNING_KEY")
+        for p in problems
+    )
+    assert any(
+        p.startswith("app.training.skyprep.api_key: cannot read secret file") for p in problems
+    )
 
 
 def test_secret_from_file(tmp_path: Path) -> None:
@@ -128,7 +143,10 @@ def test_check_config_command_exits_non_zero_and_lists_problems(tmp_path: Path) 
     bad.write_text('[gateway]\npublic_url = "ftp://x"\nsigning_key = "literal"\nnope = 1\n')
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check-config", str(bad)],
-        capture_output=True, text=True, env={}, timeout=60,
+        capture_output=True,
+        text=True,
+        env={},
+        timeout=60,
     )
     assert result.returncode == 1
     assert "gateway.nope: unknown key" in result.stderr

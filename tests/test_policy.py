@@ -14,13 +14,27 @@ def app(**kw: object) -> AppSettings:
     return AppSettings(connector="skyprep", idps=("okta",), **kw)  # type: ignore[arg-type]
 
 
-ADA = Identity(idp="okta", subject="u1", email="Ada@Example.COM", given_name="Ada",
-               family_name="Lovelace", employee_number="E1", groups=("Staff", "Trainers", "Other"))
+ADA = Identity(
+    idp="okta",
+    subject="u1",
+    email="Ada@Example.COM",
+    given_name="Ada",
+    family_name="Lovelace",
+    employee_number="E1",
+    groups=("Staff", "Trainers", "Other"),
+)
 
 
 def test_profile_maps_groups_roles_and_names() -> None:
-    profile = profile_for("t", app(group_map={"Staff": "All staff", "Safety": "Safety"},
-                                   role_map={"Trainers": "instructor"}, default_role="learner"), ADA)
+    profile = profile_for(
+        "t",
+        app(
+            group_map={"Staff": "All staff", "Safety": "Safety"},
+            role_map={"Trainers": "instructor"},
+            default_role="learner",
+        ),
+        ADA,
+    )
     assert profile.email == "Ada@example.com"
     assert (profile.first_name, profile.last_name) == ("Ada", "Lovelace")
     assert profile.groups == ("All staff",)  # unmapped groups are not sent
@@ -41,9 +55,18 @@ def test_default_role_and_username_choices() -> None:
     ("settings", "identity"),
     [
         (app(), Identity(idp="other", subject="x", email="a@example.com")),
-        (app(allowed_email_domains=("example.com",)), Identity(idp="okta", subject="x", email="a@evil.com")),
-        (app(allowed_email_domains=("example.com",)), Identity(idp="okta", subject="x", email="a@sub.example.com")),
-        (app(required_groups=("Staff",)), Identity(idp="okta", subject="x", email="a@example.com", groups=("staff",))),
+        (
+            app(allowed_email_domains=("example.com",)),
+            Identity(idp="okta", subject="x", email="a@evil.com"),
+        ),
+        (
+            app(allowed_email_domains=("example.com",)),
+            Identity(idp="okta", subject="x", email="a@sub.example.com"),
+        ),
+        (
+            app(required_groups=("Staff",)),
+            Identity(idp="okta", subject="x", email="a@example.com", groups=("staff",)),
+        ),
         (app(), Identity(idp="okta", subject="x", email=None)),
         (app(), Identity(idp="okta", subject="x", email="not an email")),
     ],
@@ -58,8 +81,15 @@ def test_denied(settings: AppSettings, identity: Identity) -> None:
 
 def test_profile_digest_changes_with_content() -> None:
     a = profile_for("t", app(), ADA)
-    renamed = Identity(idp="okta", subject="u1", email="Ada@Example.COM", given_name="Ada",
-                       family_name="Byron", employee_number="E1", groups=ADA.groups)
+    renamed = Identity(
+        idp="okta",
+        subject="u1",
+        email="Ada@Example.COM",
+        given_name="Ada",
+        family_name="Byron",
+        employee_number="E1",
+        groups=ADA.groups,
+    )
     b = profile_for("t", app(), renamed)
     assert a.digest() != b.digest()
     assert a.digest() == profile_for("t", app(), ADA).digest()

@@ -13,13 +13,29 @@ KEY = "s" * 40
 WHO = Identity(idp="okta", subject="u1", email="a@example.com", groups=("Staff", "Secret-Project"))
 
 
-def manager(store: MemoryStore, *, secure: bool = True, lifetime: int = 3600, now: float = 1_000_000.0) -> SessionManager:
-    return SessionManager(KEY, store, secure=secure, lifetime=lifetime, login_timeout=600,
-                          relevant_groups={"Staff"}, clock=lambda: now)
+def manager(
+    store: MemoryStore, *, secure: bool = True, lifetime: int = 3600, now: float = 1_000_000.0
+) -> SessionManager:
+    return SessionManager(
+        KEY,
+        store,
+        secure=secure,
+        lifetime=lifetime,
+        login_timeout=600,
+        relevant_groups={"Staff"},
+        clock=lambda: now,
+    )
 
 
 def request_with(cookie_header: str) -> Request:
-    return Request({"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", cookie_header.encode())]})
+    return Request(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "headers": [(b"cookie", cookie_header.encode())],
+        }
+    )
 
 
 def cookie_pair(response: Response) -> tuple[str, str]:

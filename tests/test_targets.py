@@ -54,9 +54,14 @@ def test_open_redirect_tricks_are_refused(value: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["/", "/embed/safety/lesson-schedules/42", "/login/training?target=course:12",
-     "https://learn.example.com/x", "https://intranet.example.com/training",
-     "https://INTRANET.example.com/a?b=c"],
+    [
+        "/",
+        "/embed/safety/lesson-schedules/42",
+        "/login/training?target=course:12",
+        "https://learn.example.com/x",
+        "https://intranet.example.com/training",
+        "https://INTRANET.example.com/a?b=c",
+    ],
 )
 def test_safe_targets_pass(value: str) -> None:
     assert check_return_to(value, own_host=OWN, allowed_hosts=ALLOWED) == value
@@ -74,8 +79,18 @@ def test_deep_link_targets(value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["course", "course:", "https://evil.example", "course:1/../x", "course:1?x", ":1",
-              "Course:1", "course:" + "1" * 65, "course:1\n"],
+    "value",
+    [
+        "course",
+        "course:",
+        "https://evil.example",
+        "course:1/../x",
+        "course:1?x",
+        ":1",
+        "Course:1",
+        "course:" + "1" * 65,
+        "course:1\n",
+    ],
 )
 def test_unknown_target_forms_are_refused(value: str) -> None:
     with pytest.raises(UnsafeTarget):

@@ -24,18 +24,30 @@ def forms_of(response: httpx.Response) -> list[Form]:
         fields = {
             i.get("name"): i.get("value", "")
             for i in form.inputs
-            if i.get("name") and i.tag == "input" and i.get("type") in ("hidden", "text", "password", None)
+            if i.get("name")
+            and i.tag == "input"
+            and i.get("type") in ("hidden", "text", "password", None)
         }
-        found.append(Form(urljoin(str(response.url), form.get("action") or ""), (form.get("method") or "get").lower(), fields))
+        found.append(
+            Form(
+                urljoin(str(response.url), form.get("action") or ""),
+                (form.get("method") or "get").lower(),
+                fields,
+            )
+        )
     return found
 
 
-async def choose_employee(client: httpx.AsyncClient, page: httpx.Response, sub: str) -> httpx.Response:
+async def choose_employee(
+    client: httpx.AsyncClient, page: httpx.Response, sub: str
+) -> httpx.Response:
     """Click the employee's button on a demo IdP page; follow redirects (and the SAML
     auto-post page, whose script a browser would run) to wherever they lead."""
     assert "Choose a demo employee" in page.text, page.text[:500]
     (form,) = forms_of(page)
-    response = await client.post(form.action, data={**form.fields, "sub": sub}, follow_redirects=True)
+    response = await client.post(
+        form.action, data={**form.fields, "sub": sub}, follow_redirects=True
+    )
     if "SAMLResponse" in response.text:
         (post,) = [f for f in forms_of(response) if "SAMLResponse" in f.fields]
         response = await client.post(post.action, data=post.fields, follow_redirects=True)

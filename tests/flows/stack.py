@@ -37,16 +37,27 @@ async def gateway_with_skyprep(
     skyprep = SkyPrepSimulator(SKYPREP_KEY, "flow.skyprepapp.com", login_base_url=skyprep_url)
     idps = idp_config(url)
     config = {
-        "gateway": {"public_url": url, "signing_key": {"env": "SIGNING_KEY"},
-                    "cookie_secure": False, "dev_mode": True},
+        "gateway": {
+            "public_url": url,
+            "signing_key": {"env": "SIGNING_KEY"},
+            "cookie_secure": False,
+            "dev_mode": True,
+        },
         "idp": idps,
-        "app": {"skyprep": {
-            "connector": "skyprep", "idps": list(idps),
-            "group_map": {"staff": "Staff", "trainers": "Trainers", "Staff": "Staff"},
-            "skyprep": {"api_key": {"env": "SKYPREP_KEY"}, "acct_key": "flow.skyprepapp.com",
-                        "api_url": f"{skyprep_url}/admin/api", "login_host": skyprep_url.split("//")[1]},
-            **(app_overrides or {}),
-        }},
+        "app": {
+            "skyprep": {
+                "connector": "skyprep",
+                "idps": list(idps),
+                "group_map": {"staff": "Staff", "trainers": "Trainers", "Staff": "Staff"},
+                "skyprep": {
+                    "api_key": {"env": "SKYPREP_KEY"},
+                    "acct_key": "flow.skyprepapp.com",
+                    "api_url": f"{skyprep_url}/admin/api",
+                    "login_host": skyprep_url.split("//")[1],
+                },
+                **(app_overrides or {}),
+            }
+        },
     }
     environ = {"SIGNING_KEY": secrets.token_hex(32), "SKYPREP_KEY": SKYPREP_KEY, **(env or {})}
     app = create_app(parse_settings(config, environ))

@@ -25,9 +25,19 @@ def chrome() -> Iterator[webdriver.Chrome]:
     profile = tempfile.mkdtemp(prefix="gateway-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1100,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1100,900",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -52,7 +62,9 @@ async def in_thread(func, *args):  # type: ignore[no-untyped-def]
     return await asyncio.to_thread(func, *args)
 
 
-def click_through(driver: webdriver.Chrome, start: str, idp_label: str, employee_email: str, shot: Path) -> str:
+def click_through(
+    driver: webdriver.Chrome, start: str, idp_label: str, employee_email: str, shot: Path
+) -> str:
     driver.get(start)
     driver.find_element(By.PARTIAL_LINK_TEXT, idp_label).click()
     driver.find_element(By.CSS_SELECTOR, f"button[data-email='{employee_email}']").click()
@@ -62,19 +74,36 @@ def click_through(driver: webdriver.Chrome, start: str, idp_label: str, employee
             break
         driver.implicitly_wait(0.1)
         import time
+
         time.sleep(0.1)
     driver.save_screenshot(str(shot))
     return driver.find_element(By.TAG_NAME, "body").text
 
 
-async def test_demo_in_a_real_browser_oidc(demo: DemoStack, chrome: webdriver.Chrome, tmp_path: Path) -> None:
-    text = await in_thread(click_through, chrome, f"{demo.gateway_url}/login/skyprep",
-                           "OpenID Connect", "alice.anderson@example.com", tmp_path / "oidc.png")
+async def test_demo_in_a_real_browser_oidc(
+    demo: DemoStack, chrome: webdriver.Chrome, tmp_path: Path
+) -> None:
+    text = await in_thread(
+        click_through,
+        chrome,
+        f"{demo.gateway_url}/login/skyprep",
+        "OpenID Connect",
+        "alice.anderson@example.com",
+        tmp_path / "oidc.png",
+    )
     assert "Signed in" in text and "Alice Anderson" in text
     assert chrome.current_url.startswith(demo.skyprep.login_base_url)
 
 
-async def test_demo_in_a_real_browser_saml(demo: DemoStack, chrome: webdriver.Chrome, tmp_path: Path) -> None:
-    text = await in_thread(click_through, chrome, f"{demo.gateway_url}/login/litmos",
-                           "SAML", "bob.brown@example.com", tmp_path / "saml.png")
+async def test_demo_in_a_real_browser_saml(
+    demo: DemoStack, chrome: webdriver.Chrome, tmp_path: Path
+) -> None:
+    text = await in_thread(
+        click_through,
+        chrome,
+        f"{demo.gateway_url}/login/litmos",
+        "SAML",
+        "bob.brown@example.com",
+        tmp_path / "saml.png",
+    )
     assert "Signed in" in text and "Bob Brown" in text

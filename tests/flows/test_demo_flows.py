@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import urlsplit
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from gateway.sandbox.demo import DemoStack, start_demo
-from tests.flows.agent import choose_employee, forms_of, hosts_visited, sign_in
+from tests.flows.agent import forms_of, hosts_visited, sign_in
 
 ALICE = "emp-1001"  # Staff, Managers
 BOB = "emp-1002"  # Staff, Safety (has Damstra lessons)
@@ -38,7 +38,9 @@ def netloc(url: str) -> str:
     return urlsplit(url).netloc
 
 
-async def test_oidc_sign_in_lands_in_skyprep_as_the_right_employee(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+async def test_oidc_sign_in_lands_in_skyprep_as_the_right_employee(
+    demo: DemoStack, browser: httpx.AsyncClient
+) -> None:
     page = await sign_in(browser, f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", ALICE)
     assert page.status_code == 200
     assert "Alice Anderson" in page.text and "alice.anderson@example.com" in page.text
@@ -49,7 +51,9 @@ async def test_oidc_sign_in_lands_in_skyprep_as_the_right_employee(demo: DemoSta
     assert hop.status_code == 303
     assert hop.headers["cache-control"] == "no-store"
     assert hop.headers["referrer-policy"] == "no-referrer"
-    cookie = next(v for k, v in hop.headers.multi_items() if k == "set-cookie" and v.startswith("gw_session="))
+    cookie = next(
+        v for k, v in hop.headers.multi_items() if k == "set-cookie" and v.startswith("gw_session=")
+    )
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
 
 
@@ -60,7 +64,9 @@ async def test_second_click_skips_the_idp(demo: DemoStack, browser: httpx.AsyncC
     assert netloc(demo.oidc_url) not in hosts_visited(again)
 
 
-async def test_each_sign_in_gets_a_new_session_value(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+async def test_each_sign_in_gets_a_new_session_value(
+    demo: DemoStack, browser: httpx.AsyncClient
+) -> None:
     await sign_in(browser, f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", ALICE)
     first = browser.cookies.get("gw_session")
     await sign_in(browser, f"{demo.gateway_url}/auth/demo-oidc/login?app=skyprep", ALICE)
@@ -73,13 +79,17 @@ async def test_saml_sign_in_lands_in_skyprep(demo: DemoStack, browser: httpx.Asy
     assert "Bob Brown" in page.text and "Safety team" in page.text
 
 
-async def test_app_with_two_idps_offers_a_choice(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+async def test_app_with_two_idps_offers_a_choice(
+    demo: DemoStack, browser: httpx.AsyncClient
+) -> None:
     page = await browser.get(f"{demo.gateway_url}/login/litmos")
     assert page.status_code == 200
     assert "Demo company (OpenID Connect)" in page.text and "Demo company (SAML)" in page.text
 
 
-async def test_denied_employee_gets_a_403_that_reveals_no_rule(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+async def test_denied_employee_gets_a_403_that_reveals_no_rule(
+    demo: DemoStack, browser: httpx.AsyncClient
+) -> None:
     page = await sign_in(browser, f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", DANA)
     assert page.status_code == 403
     assert "not allowed to use this application" in page.text
@@ -88,9 +98,15 @@ async def test_denied_employee_gets_a_403_that_reveals_no_rule(demo: DemoStack, 
     assert demo.skyprep.calls.count() == 0
 
 
-async def test_litmos_deep_link_lands_in_the_course(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+async def test_litmos_deep_link_lands_in_the_course(
+    demo: DemoStack, browser: httpx.AsyncClient
+) -> None:
     course = next(iter(demo.litmos.courses.values()))
-    page = await sign_in(browser, f"{demo.gateway_url}/login/litmos?idp=demo-oidc&target=course:{course.OriginalId}", ALICE)
+    page = await sign_in(
+        browser,
+        f"{demo.gateway_url}/login/litmos?idp=demo-oidc&target=course:{course.OriginalId}",
+        ALICE,
+    )
     assert page.status_code == 200, page.text[:400]
     assert "Alice Anderson" in page.text and course.Name in page.text
 
@@ -101,7 +117,9 @@ async def test_unknown_target_form_is_refused(demo: DemoStack, browser: httpx.As
     assert "evil.example" not in page.text
 
 
-async def test_damstra_sign_in_reuses_the_existing_account(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+async def test_damstra_sign_in_reuses_the_existing_account(
+    demo: DemoStack, browser: httpx.AsyncClient
+) -> None:
     users_before = len(demo.damstra.users)
     page = await sign_in(browser, f"{demo.gateway_url}/login/damstra?idp=demo-oidc", BOB)
     assert page.status_code == 200, page.text[:400]
@@ -109,8 +127,12 @@ async def test_damstra_sign_in_reuses_the_existing_account(demo: DemoStack, brow
     assert len(demo.damstra.users) == users_before
 
 
-@pytest.mark.parametrize(("app", "sim"), [("skyprep", "skyprep"), ("damstra", "damstra"), ("litmos", "litmos")])
-async def test_returning_sign_in_costs_one_lms_call(demo: DemoStack, browser: httpx.AsyncClient, app: str, sim: str) -> None:
+@pytest.mark.parametrize(
+    ("app", "sim"), [("skyprep", "skyprep"), ("damstra", "damstra"), ("litmos", "litmos")]
+)
+async def test_returning_sign_in_costs_one_lms_call(
+    demo: DemoStack, browser: httpx.AsyncClient, app: str, sim: str
+) -> None:
     await sign_in(browser, f"{demo.gateway_url}/login/{app}?idp=demo-oidc", ALICE)
     calls = getattr(demo, sim).calls
     before = calls.count()
@@ -119,11 +141,17 @@ async def test_returning_sign_in_costs_one_lms_call(demo: DemoStack, browser: ht
     assert calls.count() - before == 1
 
 
-async def test_logout_needs_same_origin_and_csrf_then_ends_the_session(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+async def test_logout_needs_same_origin_and_csrf_then_ends_the_session(
+    demo: DemoStack, browser: httpx.AsyncClient
+) -> None:
     await sign_in(browser, f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", ALICE)
-    cross = await browser.post(f"{demo.gateway_url}/logout", headers={"Origin": "https://evil.example"})
+    cross = await browser.post(
+        f"{demo.gateway_url}/logout", headers={"Origin": "https://evil.example"}
+    )
     assert cross.status_code == 400
-    no_token = await browser.post(f"{demo.gateway_url}/logout", headers={"Origin": demo.gateway_url})
+    no_token = await browser.post(
+        f"{demo.gateway_url}/logout", headers={"Origin": demo.gateway_url}
+    )
     assert no_token.status_code == 400
     stolen = browser.cookies.get("gw_session")
     page = await browser.get(f"{demo.gateway_url}/logout")
@@ -140,7 +168,9 @@ async def test_logout_needs_same_origin_and_csrf_then_ends_the_session(demo: Dem
 
 
 async def test_replayed_callback_is_refused(demo: DemoStack, browser: httpx.AsyncClient) -> None:
-    page = await browser.get(f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", follow_redirects=True)
+    page = await browser.get(
+        f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", follow_redirects=True
+    )
     (form,) = forms_of(page)
     to_callback = await browser.post(form.action, data={**form.fields, "sub": ALICE})
     callback = to_callback.headers["location"]
@@ -154,16 +184,22 @@ async def test_replayed_callback_is_refused(demo: DemoStack, browser: httpx.Asyn
 
 
 async def test_idp_error_gives_a_friendly_page(demo: DemoStack, browser: httpx.AsyncClient) -> None:
-    page = await browser.get(f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", follow_redirects=True)
+    page = await browser.get(
+        f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", follow_redirects=True
+    )
     (form,) = forms_of(page)
-    cancelled = await browser.post(form.action, data={**form.fields, "action": "cancel"}, follow_redirects=True)
+    cancelled = await browser.post(
+        form.action, data={**form.fields, "action": "cancel"}, follow_redirects=True
+    )
     assert cancelled.status_code == 401
     assert "We could not sign you in" in cancelled.text and "reference" in cancelled.text
     assert "Traceback" not in cancelled.text and "access_denied" not in cancelled.text
     assert demo.skyprep.calls.count() == 0
 
 
-async def test_no_secret_reaches_the_logs(demo: DemoStack, browser: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_secret_reaches_the_logs(
+    demo: DemoStack, browser: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     seen: list[str] = []
 
@@ -188,8 +224,11 @@ async def test_no_secret_reaches_the_logs(demo: DemoStack, browser: httpx.AsyncC
                 secrets.add(match.group(1))
     # httpx/httpcore are the test browser's own loggers here; the gateway silences them
     # (configure_logging) because they print whole URLs.
-    logged = "\n".join(r.getMessage() + " " + str(getattr(r, "fields", "")) for r in caplog.records
-                       if not r.name.startswith(("httpx", "httpcore")))
+    logged = "\n".join(
+        r.getMessage() + " " + str(getattr(r, "fields", ""))
+        for r in caplog.records
+        if not r.name.startswith(("httpx", "httpcore"))
+    )
     assert logged, "expected the flow to log something"
     for secret in secrets:
         assert secret not in logged
@@ -197,22 +236,30 @@ async def test_no_secret_reaches_the_logs(demo: DemoStack, browser: httpx.AsyncC
     assert not re.search(r"code_verifier|verifier=", logged)
 
 
-async def test_metrics_show_sign_ins_lms_calls_and_provisioning(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+async def test_metrics_show_sign_ins_lms_calls_and_provisioning(
+    demo: DemoStack, browser: httpx.AsyncClient
+) -> None:
     await sign_in(browser, f"{demo.gateway_url}/login/damstra?idp=demo-oidc", ALICE)  # created
     await browser.get(f"{demo.gateway_url}/login/damstra", follow_redirects=True)  # returning
     async with httpx.AsyncClient() as other:
         await sign_in(other, f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", DANA)  # denied
     text = (await browser.get(f"{demo.gateway_url}/metrics")).text
     assert 'gateway_sign_ins_total{app="damstra",idp="demo-oidc",outcome="success"} 2.0' in text
-    assert 'gateway_sign_ins_total{app="skyprep",idp="demo-oidc",outcome="access_denied"} 1.0' in text
+    assert (
+        'gateway_sign_ins_total{app="skyprep",idp="demo-oidc",outcome="access_denied"} 1.0' in text
+    )
     assert 'gateway_provisioning_actions_total{action="created",app="damstra"} 1.0' in text
-    assert re.search(r'gateway_lms_calls_total\{app="damstra",operation="[a-z_]+",status="20\d"\} \d', text)
+    assert re.search(
+        r'gateway_lms_calls_total\{app="damstra",operation="[a-z_]+",status="20\d"\} \d', text
+    )
     assert 'gateway_lms_call_seconds_bucket{app="damstra"' in text
     assert 'gateway_lms_circuit_open{app="damstra"} 0.0' in text
     assert "gateway_budget_queue_wait_seconds_count" in text
 
 
-async def test_pages_forbid_framing_and_health_endpoints_answer(demo: DemoStack, browser: httpx.AsyncClient) -> None:
+async def test_pages_forbid_framing_and_health_endpoints_answer(
+    demo: DemoStack, browser: httpx.AsyncClient
+) -> None:
     for path in ("/", "/login/litmos", "/signed-out", "/logout"):
         response = await browser.get(f"{demo.gateway_url}{path}")
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path

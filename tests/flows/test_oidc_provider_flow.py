@@ -11,17 +11,27 @@ from tests.support.oidc_op import OidcOp, drive_login
 
 def corp_idp(op: OidcOp):  # type: ignore[no-untyped-def]
     def build(gateway: str) -> dict:
-        return {"corp": {
-            "type": "oidc", "issuer": op.issuer, "client_id": op.client_id,
-            "client_secret": {"env": "CORP_SECRET"}, "scopes": list(op.scopes),
-            "claims": {"employee_number": "employee_number"},
-        }}
+        return {
+            "corp": {
+                "type": "oidc",
+                "issuer": op.issuer,
+                "client_id": op.client_id,
+                "client_secret": {"env": "CORP_SECRET"},
+                "scopes": list(op.scopes),
+                "claims": {"employee_number": "employee_number"},
+            }
+        }
+
     return build
 
 
 async def test_full_sign_in_through_a_real_openid_provider(oidc_op: OidcOp) -> None:
-    async with gateway_with_skyprep(corp_idp(oidc_op), env={"CORP_SECRET": oidc_op.client_secret}) as gateway, \
-            httpx.AsyncClient(timeout=30) as browser:
+    async with (
+        gateway_with_skyprep(
+            corp_idp(oidc_op), env={"CORP_SECRET": oidc_op.client_secret}
+        ) as gateway,
+        httpx.AsyncClient(timeout=30) as browser,
+    ):
         ready = await browser.get(f"{gateway.url}/readyz")
         assert ready.status_code == 200, ready.text
         start = await browser.get(f"{gateway.url}/login/skyprep")
@@ -40,8 +50,12 @@ async def test_full_sign_in_through_a_real_openid_provider(oidc_op: OidcOp) -> N
 
 
 async def test_unverified_email_is_not_let_in(oidc_op: OidcOp) -> None:
-    async with gateway_with_skyprep(corp_idp(oidc_op), env={"CORP_SECRET": oidc_op.client_secret}) as gateway, \
-            httpx.AsyncClient(timeout=30) as browser:
+    async with (
+        gateway_with_skyprep(
+            corp_idp(oidc_op), env={"CORP_SECRET": oidc_op.client_secret}
+        ) as gateway,
+        httpx.AsyncClient(timeout=30) as browser,
+    ):
         start = await browser.get(f"{gateway.url}/login/skyprep")
         callback = await drive_login(browser, start.headers["location"], "mallory")
         page = await browser.get(callback, follow_redirects=True)

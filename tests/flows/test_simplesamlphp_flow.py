@@ -11,7 +11,7 @@ import pytest
 
 from tests.flows.stack import GatewayUnderTest, gateway_with_skyprep
 from tests.support.saml_attacks import make_keypair
-from tests.support.simplesamlphp import SimpleSamlPhp, drive_saml_login, simplesamlphp  # noqa: F401
+from tests.support.simplesamlphp import SimpleSamlPhp, drive_saml_login
 
 
 @pytest.fixture
@@ -25,11 +25,18 @@ def sp_keys(tmp_path: Path) -> tuple[str, str]:
 
 def saml_idp(ssp: SimpleSamlPhp, sp_keys: tuple[str, str], **extra: object):  # type: ignore[no-untyped-def]
     def build(gateway: str) -> dict:
-        return {"ssp": {
-            "type": "saml", "sp_entity_id": f"{gateway}/auth/ssp/metadata",
-            "metadata_url": ssp.metadata_url, "sp_key_file": sp_keys[0], "sp_cert_file": sp_keys[1],
-            "attributes": {"subject": "uid"}, **extra,
-        }}
+        return {
+            "ssp": {
+                "type": "saml",
+                "sp_entity_id": f"{gateway}/auth/ssp/metadata",
+                "metadata_url": ssp.metadata_url,
+                "sp_key_file": sp_keys[0],
+                "sp_cert_file": sp_keys[1],
+                "attributes": {"subject": "uid"},
+                **extra,
+            }
+        }
+
     return build
 
 
@@ -41,8 +48,12 @@ async def register(gateway: GatewayUnderTest, ssp: SimpleSamlPhp, **options: boo
     ssp.register_sp(metadata.content, **options)
 
 
-async def post_to_acs(browser: httpx.AsyncClient, gateway: GatewayUnderTest, saml_response: str,
-                      relay_state: str | None) -> httpx.Response:
+async def post_to_acs(
+    browser: httpx.AsyncClient,
+    gateway: GatewayUnderTest,
+    saml_response: str,
+    relay_state: str | None,
+) -> httpx.Response:
     data = {"SAMLResponse": saml_response, **({"RelayState": relay_state} if relay_state else {})}
     return await browser.post(f"{gateway.url}/auth/ssp/acs", data=data, follow_redirects=True)
 
@@ -54,14 +65,22 @@ async def browser() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.mark.parametrize("encrypt", [False, True], ids=["signed", "signed+encrypted"])
-async def test_sp_initiated_sign_in_lands_in_skyprep(simplesamlphp: SimpleSamlPhp, sp_keys: tuple[str, str],  # noqa: F811
-                                                     browser: httpx.AsyncClient, encrypt: bool) -> None:
+async def test_sp_initiated_sign_in_lands_in_skyprep(
+    simplesamlphp: SimpleSamlPhp,
+    sp_keys: tuple[str, str],
+    browser: httpx.AsyncClient,
+    encrypt: bool,
+) -> None:
     async with gateway_with_skyprep(saml_idp(simplesamlphp, sp_keys)) as gateway:
         await register(gateway, simplesamlphp, encrypt_assertion=encrypt)
         start = await browser.get(f"{gateway.url}/login/skyprep")
-        assert start.status_code == 303 and start.headers["location"].startswith(simplesamlphp.sso_url)
+        assert start.status_code == 303 and start.headers["location"].startswith(
+            simplesamlphp.sso_url
+        )
         async with httpx.AsyncClient(timeout=30) as idp_browser:
-            saml_response, relay_state = await drive_saml_login(idp_browser, start.headers["location"], "alice", "alice-pass")
+            saml_response, relay_state = await drive_saml_login(
+                idp_browser, start.headers["location"], "alice", "alice-pass"
+            )
         page = await post_to_acs(browser, gateway, saml_response, relay_state)
         assert page.status_code == 200, page.text[:300]
         assert "Alice Archer" in page.text and "alice@corp.example" in page.text
@@ -73,24 +92,31 @@ async def test_sp_initiated_sign_in_lands_in_skyprep(simplesamlphp: SimpleSamlPh
         assert gateway.skyprep.calls.count() == calls
 
 
-async def test_idp_initiated_only_when_enabled(simplesamlphp: SimpleSamlPhp, sp_keys: tuple[str, str],  # noqa: F811
-                                               browser: httpx.AsyncClient) -> None:
+async def test_idp_initiated_only_when_enabled(
+    simplesamlphp: SimpleSamlPhp,
+    sp_keys: tuple[str, str],
+    browser: httpx.AsyncClient,
+) -> None:
     async with gateway_with_skyprep(saml_idp(simplesamlphp, sp_keys)) as gateway:
         await register(gateway, simplesamlphp)
         entity = f"{gateway.url}/auth/ssp/metadata"
         async with httpx.AsyncClient(timeout=30) as idp_browser:
             saml_response, relay_state = await drive_saml_login(
-                idp_browser, simplesamlphp.idp_initiated_url(entity, "skyprep"), "bob", "bob-pass")
+                idp_browser, simplesamlphp.idp_initiated_url(entity, "skyprep"), "bob", "bob-pass"
+            )
         refused = await post_to_acs(browser, gateway, saml_response, relay_state)
         assert refused.status_code in (400, 401)
         assert gateway.skyprep.calls.count() == 0
 
-    async with gateway_with_skyprep(saml_idp(simplesamlphp, sp_keys, allow_idp_initiated=True)) as gateway:
+    async with gateway_with_skyprep(
+        saml_idp(simplesamlphp, sp_keys, allow_idp_initiated=True)
+    ) as gateway:
         await register(gateway, simplesamlphp)
         entity = f"{gateway.url}/auth/ssp/metadata"
         async with httpx.AsyncClient(timeout=30) as idp_browser:
             saml_response, relay_state = await drive_saml_login(
-                idp_browser, simplesamlphp.idp_initiated_url(entity, "skyprep"), "bob", "bob-pass")
+                idp_browser, simplesamlphp.idp_initiated_url(entity, "skyprep"), "bob", "bob-pass"
+            )
         page = await post_to_acs(browser, gateway, saml_response, relay_state)
         assert page.status_code == 200, page.text[:300]
         assert "Bob Baker" in page.text
