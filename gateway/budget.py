@@ -49,6 +49,8 @@ class Budget:
         self.burst = max(1.0, float(settings.calls_per_minute // 10))
         self.refill_per_minute = max(0.1, settings.calls_per_minute - self.burst)
         self._circuit = _Circuit()
+        # Tokens left in the shared bucket as of this replica's last take (for /metrics).
+        self.tokens_left = self.burst
 
     @property
     def circuit_open(self) -> bool:
@@ -74,7 +76,9 @@ class Budget:
         started = self._clock()
         deadline = started + self.settings.max_wait_seconds
         while True:
-            wait = await self._store.take_token(self._key, self.refill_per_minute, self.burst)
+            wait, self.tokens_left = await self._store.take_token(
+                self._key, self.refill_per_minute, self.burst
+            )
             if wait <= 0:
                 return self._clock() - started
             remaining = deadline - self._clock()

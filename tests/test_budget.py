@@ -209,7 +209,9 @@ class CountingStore(MemoryStore):
         super().__init__(clock=clock)
         self.takes = 0
 
-    async def take_token(self, key: str, per_minute: float, capacity: float) -> float:
+    async def take_token(
+        self, key: str, per_minute: float, capacity: float
+    ) -> tuple[float, float]:
         self.takes += 1
         return await super().take_token(key, per_minute, capacity)
 

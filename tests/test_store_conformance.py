@@ -104,14 +104,14 @@ async def test_pop_hands_a_value_to_exactly_one_caller(stores: StorePair) -> Non
 
 
 async def test_token_bucket_admits_the_burst_then_refills_at_the_rate(store: Store) -> None:
-    waits = [await store.take_token("bucket", 600, 5) for _ in range(5)]
+    waits = [(await store.take_token("bucket", 600, 5))[0] for _ in range(5)]
     assert waits == [0.0] * 5
-    wait = await store.take_token("bucket", 600, 5)
+    wait = (await store.take_token("bucket", 600, 5))[0]
     assert 0.0 < wait <= 0.1001  # one token per 100 ms
     await asyncio.sleep(wait + 0.01)
-    assert await store.take_token("bucket", 600, 5) == 0.0
+    assert (await store.take_token("bucket", 600, 5))[0] == 0.0
     # Other buckets are independent.
-    assert await store.take_token("other", 600, 5) == 0.0
+    assert (await store.take_token("other", 600, 5))[0] == 0.0
 
 
 async def test_token_bucket_never_admits_more_than_burst_plus_rate(stores: StorePair) -> None:
@@ -122,7 +122,7 @@ async def test_token_bucket_never_admits_more_than_burst_plus_rate(stores: Store
     async def hammer(s: Store) -> None:
         nonlocal admitted
         while time.monotonic() - started < 0.6:
-            wait = await s.take_token("busy", 600, 5)
+            wait = (await s.take_token("busy", 600, 5))[0]
             if wait == 0.0:
                 admitted += 1
             else:
@@ -137,37 +137,38 @@ async def test_token_bucket_never_admits_more_than_burst_plus_rate(stores: Store
 
 async def test_bucket_refills_up_to_capacity_only(store: Store) -> None:
     for _ in range(3):
-        assert await store.take_token("cap", 600, 3) == 0.0
+        assert (await store.take_token("cap", 600, 3))[0] == 0.0
     await asyncio.sleep(0.6)  # six tokens' worth of refill, but capacity is 3
-    assert [await store.take_token("cap", 600, 3) for _ in range(3)] == [0.0] * 3
-    assert await store.take_token("cap", 600, 3) > 0.0
+    assert [(await store.take_token("cap", 600, 3))[0] for _ in range(3)] == [0.0] * 3
+    assert (await store.take_token("cap", 600, 3))[0] > 0.0
 
 
 async def test_pause_holds_every_caller_then_refills_from_empty(stores: StorePair) -> None:
     one, two = stores
-    assert await one.take_token("paused", 60, 5) == 0.0  # four tokens left
+    assert (await one.take_token("paused", 60, 5))[0] == 0.0  # four tokens left
     started = time.monotonic()
     await one.pause_bucket("paused", 0.4)
-    waits = await asyncio.gather(
+    answers = await asyncio.gather(
         *((one if i % 2 else two).take_token("paused", 60, 5) for i in range(20))
     )
+    waits = [wait for wait, _ in answers]
     spent = time.monotonic() - started
     assert all(0.4 - spent - 0.01 <= w <= 0.4 for w in waits)
     await asyncio.sleep(max(waits) + 0.02)
     # The pause emptied the bucket: after it, calls come at the refill rate (1/s), no burst.
-    assert 0.0 < await two.take_token("paused", 60, 5) <= 1.0
+    assert 0.0 < (await two.take_token("paused", 60, 5))[0] <= 1.0
 
 
 async def test_a_shorter_pause_never_cuts_a_longer_one(store: Store) -> None:
     await store.pause_bucket("p", 1.0)
     await store.pause_bucket("p", 0.1)
-    assert await store.take_token("p", 600, 5) > 0.8
+    assert (await store.take_token("p", 600, 5))[0] > 0.8
 
 
 async def test_pause_on_a_fresh_bucket(store: Store) -> None:
     started = time.monotonic()
     await store.pause_bucket("fresh", 0.2)
-    wait = await store.take_token("fresh", 600, 5)
+    wait = (await store.take_token("fresh", 600, 5))[0]
     assert 0.2 - (time.monotonic() - started) - 0.01 <= wait <= 0.2
 
 
@@ -184,7 +185,7 @@ async def test_redis_keys_carry_the_prefix(redis_url: str) -> None:  # noqa: F81
     try:
         await a.set("k", b"1", 10)
         await a.set_if_absent("lock", b"1", 10)
-        await a.take_token("bucket", 600, 5)
+        (await a.take_token("bucket", 600, 5))[0]
         await a.pause_bucket("paused", 5)
         keys = sorted(str(k) for k in await raw.keys("*"))
         mine = [k for k in keys if k.startswith("tenant-a:")]
@@ -229,7 +230,7 @@ async def test_redis_stopped_then_restarted(redis_server: RedisServer) -> None: 
         assert await store.get("k") is None
         assert await store.set_if_absent("k", b"again", 10)
         assert await store.pop("k") == b"again"
-        assert await store.take_token("b", 600, 5) == 0.0
+        assert (await store.take_token("b", 600, 5))[0] == 0.0
         await store.ping()
     finally:
         await store.aclose()

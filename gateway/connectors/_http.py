@@ -26,6 +26,7 @@ import httpx
 
 from gateway.budget import Budget
 from gateway.errors import (
+    BudgetExhausted,
     ConnectorError,
     LmsAuthError,
     LmsRateLimited,
@@ -138,9 +139,15 @@ class LmsHttp:
                 # Jitter spreads retries of many sign-ins; not security-relevant randomness.
                 jitter = random.uniform(0.5, 1.5)  # noqa: S311
                 await asyncio.sleep(self._backoff_base * (2 ** (attempt - 1)) * jitter)
-            waited = await self.budget.acquire()
+            try:
+                waited = await self.budget.acquire()
+            except BudgetExhausted:
+                if self.metrics is not None:
+                    self.metrics.budget_exhausted.labels(self.app).inc()
+                raise
             if self.metrics is not None:
                 self.metrics.queue_wait.labels(self.app).observe(waited)
+                self.metrics.budget_tokens.labels(self.app).set(self.budget.tokens_left)
             try:
                 return await self._send_once(
                     operation,

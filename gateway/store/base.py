@@ -30,8 +30,11 @@ class Store(Protocol):
     async def delete(self, key: str) -> None:
         """Remove the key if present."""
 
-    async def take_token(self, key: str, per_minute: float, capacity: float) -> float:
-        """Token bucket: take one token; 0.0 when taken, else seconds until one is free.
+    async def take_token(
+        self, key: str, per_minute: float, capacity: float
+    ) -> tuple[float, float]:
+        """Token bucket: take one token. Returns ``(wait, tokens_left)``: wait is 0.0 when
+        the token was taken, else the seconds until one is free (nothing taken).
 
         The bucket refills at ``per_minute`` tokens per minute up to ``capacity``.
         """

@@ -41,7 +41,7 @@ local tokens = tonumber(h[1]) or capacity
 local last = tonumber(h[2]) or now
 local paused = tonumber(h[3]) or 0
 if now < paused then
-  return string.format('%.17g', paused - now)
+  return {string.format('%.17g', paused - now), '0'}
 end
 local rate = per_minute / 60
 tokens = math.min(capacity, tokens + (now - math.max(last, paused)) * rate)
@@ -59,7 +59,7 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
 local full_in = 3600
 if rate > 0 then full_in = (capacity - tokens) / rate end
 redis.call('PEXPIRE', KEYS[1], math.ceil(full_in * 1000) + 1000)
-return string.format('%.17g', wait)
+return {string.format('%.17g', wait), string.format('%.17g', tokens)}
 """
 
 # KEYS[1] bucket; ARGV: seconds. Empty the bucket and hold it empty (never shorten a pause).
@@ -166,12 +166,15 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await self._run("delete", lambda: self._redis.delete(self._k(key)))
 
-    async def take_token(self, key: str, per_minute: float, capacity: float) -> float:
+    async def take_token(
+        self, key: str, per_minute: float, capacity: float
+    ) -> tuple[float, float]:
         answer = await self._run(
             "take_token",
             lambda: self._take(keys=[self._k(key)], args=[repr(per_minute), repr(capacity)]),
         )
-        return float(answer)
+        wait, tokens = answer
+        return float(wait), float(tokens)
 
     async def pause_bucket(self, key: str, seconds: float) -> None:
         await self._run(

@@ -343,8 +343,6 @@ def gateway_error_response(request: Request, exc: GatewayError) -> Response:
     if isinstance(exc, BudgetExhausted | LmsRateLimited):
         retry = int(getattr(exc, "retry_after", None) or 30)
         headers["Retry-After"] = str(max(1, min(retry, 120)))
-    if isinstance(exc, BudgetExhausted):
-        svc.metrics.budget_exhausted.labels(request.path_params.get("app", "-")).inc()
     if request.url.path.startswith("/api/"):
         body = {"error": exc.code, "message": exc.public, "reference": reference}
         return JSONResponse(body, status_code=exc.status, headers=headers)

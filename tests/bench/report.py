@@ -74,14 +74,17 @@ def table(report: dict[str, Any]) -> str:
                f"workers={m['workers']} store={m['store']} mode={m['mode']}")
     out.append("\n(1, 2, 4) complete sign-ins, zero added upstream latency, "
                f"{m['concurrency']} concurrent")
-    w = (24, 8, 7, 9, 8, 8, 8, 8, 9, 6)
-    out.append(_row(["case", "sign-ins", "errors", "per core", "cpu ms", "own p50",
-                     "own p99", "gw p99", "wall p99", "LMS"], w))
+    w = (24, 8, 6, 7, 9, 7, 8, 8, 8, 9, 5, 8, 8)
+    out.append(_row(["case", "sign-ins", "errors", "per s", "per core", "cpu ms", "own p50",
+                     "own p99", "gw p99", "wall p99", "LMS", "peers ms", "gen ms"], w))
     for r in report["throughput"]:
+        n = max(1, r["signins"])
         out.append(_row([f"{r['protocol']} {r['connector']} {r['phase']}", r["signins"],
-                         r["errors"], r["per_core"], r["cpu_ms_per_signin"],
+                         r["errors"], r["rate_per_s"], r["per_core"], r["cpu_ms_per_signin"],
                          r["own_ms"]["p50"], r["own_ms"]["p99"], r["gw_client_ms"]["p99"],
-                         r["wall_ms"]["p99"], r["lms_calls_per_signin"]], w))
+                         r["wall_ms"]["p99"], r["lms_calls_per_signin"],
+                         round(r["peers_cpu_s"] * 1e3 / n, 2),
+                         round(r["loadgen_cpu_s"] * 1e3 / n, 2)], w))
     out.append("\n(2) one sign-in at a time (returning), milliseconds")
     w2 = (24, 8, 8, 8, 8, 8, 8)
     out.append(_row(["case", "own p50", "own p95", "own p99", "gw p50", "gw p99",

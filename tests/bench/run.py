@@ -64,11 +64,17 @@ class Bench:
         tree = self.stack.gateway_tree
         assert tree is not None
         before = {c: self.stack.stats(c) for c in CONNECTORS}
+        peers = {r: t.cpu_seconds() for r, t in self.stack.peer_trees().items()}
+        own = os.times()
         cpu = tree.cpu_seconds()
         samples, wall = drive(self.stack.urls, jobs, concurrency, duration=duration,
                               procs=self.procs)
         cpu = tree.cpu_seconds() - cpu
+        own_after = os.times()
         summary = summarize(samples, wall, cpu)
+        summary["peers_cpu_s"] = round(sum(
+            t.cpu_seconds() - peers[r] for r, t in self.stack.peer_trees().items()), 2)
+        summary["loadgen_cpu_s"] = round(sum(own_after[:4]) - sum(own[:4]), 2)
         after = {c: self.stack.stats(c) for c in CONNECTORS}
         ok = max(1, summary["signins"])
         summary["lms_calls"] = {c: after[c]["calls"] - before[c]["calls"] for c in CONNECTORS}

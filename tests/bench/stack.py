@@ -160,6 +160,9 @@ class BenchStack:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
+    def peer_trees(self) -> dict[str, ProcTree]:
+        return {role: ProcTree(self.procs[role].pid) for role in ROLES if role in self.procs}
+
     # -- peers' control API --------------------------------------------------------------
 
     def control(self, role: str, **params: float) -> None:

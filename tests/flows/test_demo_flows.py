@@ -255,6 +255,8 @@ async def test_metrics_show_sign_ins_lms_calls_and_provisioning(
     assert 'gateway_lms_call_seconds_bucket{app="damstra"' in text
     assert 'gateway_lms_circuit_open{app="damstra"} 0.0' in text
     assert "gateway_budget_queue_wait_seconds_count" in text
+    tokens = re.search(r'gateway_budget_tokens_left\{app="damstra"\} ([0-9.]+)', text)
+    assert tokens and 0 <= float(tokens.group(1)) < 10  # the demo's burst is 10
 
 
 async def test_pages_forbid_framing_and_health_endpoints_answer(
