@@ -46,8 +46,8 @@ class Metrics:
             buckets=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8),
         )
         self.budget_tokens = Gauge(
-            "gateway_budget_wait_seconds_last",
-            "Last wait for an LMS call token, per app",
+            "gateway_budget_tokens_left",
+            "LMS call tokens left in the app's shared bucket, as this replica last saw it",
             ["app"],
             registry=r,
         )
