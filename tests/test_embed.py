@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -29,7 +28,7 @@ from gateway.errors import (
 )
 from gateway.sandbox.damstra import NOT_CURRENT, DamstraSimulator
 from gateway.sandbox.demo import PORTAL_TOKEN as DEMO_PORTAL_TOKEN
-from gateway.sandbox.demo import DemoStack, start_demo
+from gateway.sandbox.demo import DemoStack
 from gateway.settings import DamstraSettings, PortalSettings, Secret
 from tests.flows.agent import sign_in
 from tests.test_damstra import API, BASE, HOST, KEY, make_app, make_connector
@@ -291,13 +290,6 @@ def test_cors_only_for_configured_portal_origins() -> None:
 # -- the routes, end to end through the demo stack (real HTTP on 127.0.0.1) ------------------
 
 
-@pytest.fixture
-async def demo() -> AsyncIterator[DemoStack]:
-    stack = await start_demo(0)
-    try:
-        yield stack
-    finally:
-        await stack.stop()
 
 
 async def test_iframe_route_owner_gets_player_and_others_get_404(demo: DemoStack) -> None:

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
-from gateway.sandbox.demo import DemoStack, start_demo
+from gateway.sandbox.demo import DemoStack
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -48,15 +50,6 @@ def chrome() -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.fixture
-async def demo() -> AsyncIterator[DemoStack]:
-    stack = await start_demo(0)
-    try:
-        yield stack
-    finally:
-        await stack.stop()
-
-
 async def in_thread(func, *args):  # type: ignore[no-untyped-def]
     """Selenium blocks; the demo servers run on this event loop, so drive it from a thread."""
     return await asyncio.to_thread(func, *args)
@@ -65,19 +58,16 @@ async def in_thread(func, *args):  # type: ignore[no-untyped-def]
 def click_through(
     driver: webdriver.Chrome, start: str, idp_label: str, employee_email: str, shot: Path
 ) -> str:
+    """What a newcomer does: open the app link, pick how to sign in, pick an employee."""
+    wait = WebDriverWait(driver, 30)
     driver.get(start)
-    driver.find_element(By.PARTIAL_LINK_TEXT, idp_label).click()
-    driver.find_element(By.CSS_SELECTOR, f"button[data-email='{employee_email}']").click()
-    # SAML: the IdP's page posts the response by script; wait for the LMS page either way
-    for _ in range(100):
-        if "Signed in" in driver.find_element(By.TAG_NAME, "body").text:
-            break
-        driver.implicitly_wait(0.1)
-        import time
-
-        time.sleep(0.1)
+    wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, idp_label))).click()
+    person = (By.CSS_SELECTOR, f"button[data-email='{employee_email}']")
+    wait.until(ec.element_to_be_clickable(person)).click()
+    # SAML: the IdP's page posts the response by script; either way wait for the LMS page.
+    wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Signed in"))
     driver.save_screenshot(str(shot))
-    return driver.find_element(By.TAG_NAME, "body").text
+    return str(driver.find_element(By.TAG_NAME, "body").text)
 
 
 async def test_demo_in_a_real_browser_oidc(

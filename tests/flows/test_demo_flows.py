@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from gateway.sandbox.demo import DemoStack, start_demo
+from gateway.sandbox.demo import DemoStack
 from tests.flows.agent import forms_of, hosts_visited, sign_in
 
 ALICE = "emp-1001"  # Staff, Managers
@@ -19,13 +19,6 @@ BOB = "emp-1002"  # Staff, Safety (has Damstra lessons)
 DANA = "ctr-2001"  # Contractors only: denied by the demo's access rule
 
 
-@pytest.fixture
-async def demo() -> AsyncIterator[DemoStack]:
-    stack = await start_demo(0)
-    try:
-        yield stack
-    finally:
-        await stack.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,449 @@
+"""Two or more ``gateway serve`` processes sharing one real Redis, behind one public origin.
+
+What :func:`replica_stack` starts, everything on 127.0.0.1:
+
+* the demo OIDC and SAML IdPs and the three LMS simulators (SkyPrep, Damstra, Litmos) plus a
+  fourth, separately rate-limited Litmos tenant (app ``burst``), each in a uvicorn thread of
+  the test process, every simulator wrapped in a :class:`ResponseLog` that records when each
+  call arrived and what it was answered;
+* N replicas as real OS processes (``python -m gateway serve --config <toml>``), all with the
+  same config: Redis store, one signing key, one ``public_url``;
+* :class:`ReplicaProxy`, a tiny load balancer in the test process at ``public_url``: it
+  forwards each request to the replica named by the ``X-Replica`` header (``a``, ``b``...)
+  or round-robin, so cookies, redirect URIs and the SAML Destination are those of one origin.
+
+Teardown (also on failure): the replica processes are terminated (killed after 5 s), the
+threads stopped and the temporary directory removed. The Redis server is the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import html
+import itertools
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.sandbox._common import RateLimiter, Served, bind_port, serve_in_thread
+from gateway.sandbox.damstra import DamstraSimulator
+from gateway.sandbox.demo import (
+    DAMSTRA_KEY,
+    LITMOS_KEY,
+    OIDC_CLIENT_ID,
+    SKYPREP_KEY,
+    demo_config,
+)
+from gateway.sandbox.litmos import LitmosSimulator
+from gateway.sandbox.oidc_idp import DemoClient, DemoOidcProvider
+from gateway.sandbox.saml_idp import DemoSamlIdp
+from gateway.sandbox.skyprep import SkyPrepSimulator
+from tests.flows.agent import sign_in
+from tests.support.redis_server import RedisServer, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+BURST_KEY = "burst-litmos-api-key"
+HOP_BY_HOP = {
+    b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer",
+    b"proxy-authorization", b"proxy-authenticate", b"content-length", b"content-encoding",
+}  # fmt: skip
+
+
+# -- TOML --------------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string of ASCII/BMP text is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def to_toml(data: Mapping[str, Any], path: tuple[str, ...] = ()) -> str:
+    """TOML for the config dicts the tests build (tables, scalars, lists, inline secrets)."""
+    scalars = {k: v for k, v in data.items() if not _is_table(v)}
+    tables = {k: v for k, v in data.items() if _is_table(v)}
+    lines = []
+    if path and (scalars or not tables):
+        lines.append("[" + ".".join(json.dumps(p) for p in path) + "]")
+    lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in scalars.items()]
+    out = "\n".join(lines) + ("\n\n" if lines else "")
+    for key, table in tables.items():
+        out += to_toml(table, (*path, key))
+    return out
+
+
+def _is_table(value: Any) -> bool:
+    # {"env": NAME} / {"file": PATH} secrets stay inline; every other dict is a table.
+    return isinstance(value, Mapping) and not set(value) <= {"env", "file"}
+
+
+# -- what the simulators answered ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request an LMS simulator received: arrival time (monotonic), path, status."""
+
+    at: float
+    method: str
+    path: str
+    status: int
+
+
+class ResponseLog:
+    """ASGI wrapper recording every request's arrival time and response status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.answers: list[Answer] = []
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        at = time.monotonic()
+
+        async def record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                with self._lock:
+                    self.answers.append(
+                        Answer(at, scope["method"], scope["path"], int(message["status"]))
+                    )
+            await send(message)
+
+        await self.app(scope, receive, record)
+
+    def snapshot(self) -> list[Answer]:
+        with self._lock:
+            return list(self.answers)
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The most events in any half-open window ``(t - window, t]`` (the simulators' view)."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+# -- the load balancer -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyHit:
+    replica: str
+    method: str
+    path: str
+    status: int
+
+
+class ReplicaProxy:
+    """One public origin in front of the replicas: ``X-Replica: <name>`` picks one, otherwise
+    round-robin. Preserves Host, cookies and Location, adds X-Forwarded-For/Proto."""
+
+    def __init__(self, upstreams: Mapping[str, str]) -> None:
+        self.upstreams = dict(upstreams)
+        self._cycle = itertools.cycle(list(upstreams))
+        self.hits: list[ProxyHit] = []
+        self._client: httpx.AsyncClient | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    if self._client is not None:
+                        await self._client.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        assert scope["type"] == "http"
+        if self._client is None:  # built in the loop of the proxy's own thread
+            self._client = httpx.AsyncClient(
+                timeout=60, limits=httpx.Limits(max_connections=500, max_keepalive_connections=100)
+            )
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
+        chosen = dict(scope["headers"]).get(b"x-replica", b"").decode()
+        name = chosen if chosen in self.upstreams else next(self._cycle)
+        client_ip = (scope.get("client") or ("127.0.0.1", 0))[0]
+        headers += [(b"x-forwarded-for", client_ip.encode()), (b"x-forwarded-proto", b"http")]
+        url = self.upstreams[name] + scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode("latin-1")
+        upstream = await self._client.request(scope["method"], url, headers=headers, content=body)
+        self.hits.append(ProxyHit(name, scope["method"], scope["path"], upstream.status_code))
+        out = [(k, v) for k, v in upstream.headers.raw if k.lower() not in HOP_BY_HOP]
+        out += [
+            (b"content-length", str(len(upstream.content)).encode()),
+            (b"x-served-by", name.encode()),
+        ]
+        await send({"type": "http.response.start", "status": upstream.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": upstream.content})
+
+
+# -- the replicas ------------------------------------------------------------------------------
+
+
+@dataclass
+class Replica:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # Its own session (start_new_session): signal its process group, by id.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+@dataclass
+class ReplicaStack:
+    """Everything :func:`replica_stack` started (the test hooks)."""
+
+    public_url: str
+    oidc_url: str
+    saml_url: str
+    redis: RedisServer
+    replicas: dict[str, Replica]
+    proxy: ReplicaProxy
+    skyprep: SkyPrepSimulator
+    damstra: DamstraSimulator
+    litmos: LitmosSimulator
+    burst: LitmosSimulator
+    answers: dict[str, ResponseLog]
+    burst_limit: tuple[int, float]
+    servers: list[Served] = field(default_factory=list)
+
+    def sim(self, app: str) -> Any:
+        """The simulator behind ``app`` (skyprep, damstra, litmos, burst)."""
+        return getattr(self, app)
+
+    def logs(self) -> str:
+        """The tail of every replica's log, for assertion messages."""
+        return "\n".join(f"--- replica {r.name}\n{r.log_tail()}" for r in self.replicas.values())
+
+
+def _wait_ready(replica: Replica, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if replica.process.poll() is not None:
+            raise RuntimeError(f"replica {replica.name} exited:\n{replica.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{replica.url}/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"replica {replica.name} not ready in time:\n{replica.log_tail()}")
+
+
+@contextlib.contextmanager
+def replica_stack(
+    redis: RedisServer,
+    names: tuple[str, ...] = ("a", "b"),
+    *,
+    burst_limit: tuple[int, float] = (100, 6.0),
+    burst_budget: Mapping[str, Any] | None = None,
+) -> Iterator[ReplicaStack]:
+    """Start peers, ``names`` replicas and the proxy; stop and remove everything on exit.
+
+    ``burst_limit`` is the ``burst`` Litmos tenant's (calls, window seconds) rate limit and
+    ``burst_budget`` the ``[app.burst.budget]`` table of the gateway.
+    """
+    workdir = tempfile.TemporaryDirectory(prefix="gw-replicas-")
+    servers: list[Served] = []
+    replicas: dict[str, Replica] = {}
+    try:
+        socks = {n: bind_port() for n in ("public", "oidc", "saml", "sky", "dam", "lit", "burst")}
+        url = {n: f"http://127.0.0.1:{s.getsockname()[1]}" for n, s in socks.items()}
+        public = url["public"]
+        client_secret = secrets.token_urlsafe(24)
+        oidc = DemoOidcProvider(
+            url["oidc"],
+            {
+                OIDC_CLIENT_ID: DemoClient(
+                    client_secret, (f"{public}/auth/demo-oidc/callback",), (f"{public}/signed-out",)
+                )
+            },
+            demo_mode=True,
+        )
+        saml = DemoSamlIdp(
+            f"{url['saml']}/metadata",
+            url["saml"],
+            f"{public}/auth/demo-saml/metadata",
+            f"{public}/auth/demo-saml/acs",
+            demo_mode=True,
+            idp_initiated_relay_state="skyprep",
+        )
+        metadata = Path(workdir.name) / "saml-idp.xml"
+        metadata.write_bytes(saml.metadata)
+        skyprep = SkyPrepSimulator(SKYPREP_KEY, "demo.skyprepapp.com", login_base_url=url["sky"])
+        damstra = DamstraSimulator(DAMSTRA_KEY, login_base_url=url["dam"])
+        litmos = LitmosSimulator(LITMOS_KEY, login_base_url=url["lit"])
+        burst = LitmosSimulator(BURST_KEY, login_base_url=url["burst"])
+        # Scaled time: the simulators' limiter takes any window; see the burst test.
+        burst.limiter = RateLimiter(burst_limit[0], burst_limit[1])
+        for tenant in (litmos, burst):
+            tenant.add_team("Safety team", "safety")
+        answers = {n: ResponseLog(s.app) for n, s in
+                   (("skyprep", skyprep), ("damstra", damstra), ("litmos", litmos),
+                    ("burst", burst))}  # fmt: skip
+
+        config = demo_config(
+            gateway=public,
+            oidc=url["oidc"],
+            saml_metadata_file=str(metadata),
+            skyprep=url["sky"],
+            damstra=url["dam"],
+            litmos=url["lit"],
+            portal=public,
+            store={"backend": "redis", "url": redis.url, "key_prefix": "gw-replicas:"},
+            # Roomy for the functional tests (the simulators' own 100/min is never reached);
+            # the budget under test is the burst app's.
+            calls_per_minute=1000,
+        )
+        config["gateway"]["log_format"] = "json"
+        app = copy.deepcopy(config["app"]["litmos"])
+        app["display_name"] = "Litmos (burst tenant)"
+        app["litmos"].update(
+            api_key={"env": "BURST_LITMOS_KEY"},
+            api_url=f"{url['burst']}/v1.svc",
+            login_host=url["burst"].split("//")[1],
+        )
+        app["budget"] = dict(burst_budget or {})
+        config["app"]["burst"] = app
+        config_path = Path(workdir.name) / "gateway.toml"
+        config_path.write_text(to_toml(config))
+        env = {
+            **os.environ,
+            "GATEWAY_SIGNING_KEY": secrets.token_hex(32),
+            "DEMO_OIDC_SECRET": client_secret,
+            "DEMO_SKYPREP_KEY": SKYPREP_KEY,
+            "DEMO_DAMSTRA_KEY": DAMSTRA_KEY,
+            "DEMO_LITMOS_KEY": LITMOS_KEY,
+            "BURST_LITMOS_KEY": BURST_KEY,
+        }
+
+        # Peers first: each replica fetches the IdP discovery when it starts.
+        for app_, name in ((oidc.app, "oidc"), (saml.app, "saml"), (answers["skyprep"], "sky"),
+                           (answers["damstra"], "dam"), (answers["litmos"], "lit"),
+                           (answers["burst"], "burst")):  # fmt: skip
+            servers.append(serve_in_thread(app_, socks[name]))
+        for name in names:
+            port = free_port()
+            log_path = Path(workdir.name) / f"replica-{name}.log"
+            with log_path.open("wb") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
+                     "--host", "127.0.0.1", "--port", str(port)],
+                    cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+            replicas[name] = Replica(name, f"http://127.0.0.1:{port}", process, log_path)
+        deadline = time.monotonic() + 30
+        for replica in replicas.values():
+            _wait_ready(replica, deadline)
+        proxy = ReplicaProxy({n: r.url for n, r in replicas.items()})
+        servers.append(serve_in_thread(proxy, socks["public"]))
+        yield ReplicaStack(
+            public, url["oidc"], url["saml"], redis, replicas, proxy,
+            skyprep, damstra, litmos, burst, answers, burst_limit, servers,
+        )  # fmt: skip
+    finally:
+        for replica in replicas.values():
+            replica.stop()
+        for served in reversed(servers):
+            served.stop()
+        workdir.cleanup()
+
+
+# -- browsers ----------------------------------------------------------------------------------
+
+
+def browser(replica: str | None = None) -> httpx.AsyncClient:
+    """A fresh browser (cookie jar); pinned to one replica through the proxy, or round-robin."""
+    headers = {"X-Replica": replica} if replica else {}
+    return httpx.AsyncClient(timeout=60, headers=headers)
+
+
+def pin(client: httpx.AsyncClient, replica: str | None) -> None:
+    """Send ``client``'s next requests to ``replica`` (None: round-robin)."""
+    if replica is None:
+        client.headers.pop("X-Replica", None)
+    else:
+        client.headers["X-Replica"] = replica
+
+
+_REFRESH = re.compile(
+    r'<meta http-equiv="refresh" content="(\d+)(?:;\s*url=([^"]*))?"', re.IGNORECASE
+)
+
+
+def queue_refresh(page: httpx.Response) -> tuple[int, str] | None:
+    """(seconds, URL) of the queue page's self-reload, or None when ``page`` is no queue page."""
+    if "in the queue" not in page.text:
+        return None
+    match = _REFRESH.search(page.text)
+    assert match, f"queue page without a refresh: {page.text[:400]}"
+    target = html.unescape(match.group(2)) if match.group(2) else str(page.url)
+    return int(match.group(1)), str(page.url.join(target))
+
+
+async def sign_in_through_queue(
+    client: httpx.AsyncClient, start_url: str, sub: str, *, patience: float = 40.0
+) -> tuple[httpx.Response, int]:
+    """Sign ``sub`` in from ``start_url``; on the queue page wait as long as it says and load
+    what it reloads, as a browser does. Returns the final page and how often it queued."""
+    page = await sign_in(client, start_url, sub)
+    queued = 0
+    deadline = time.monotonic() + patience
+    while (refresh := queue_refresh(page)) is not None:
+        assert time.monotonic() < deadline, "still queued after the test's patience ran out"
+        queued += 1
+        seconds, url = refresh
+        await asyncio.sleep(seconds)
+        page = await client.get(url, follow_redirects=True)
+    return page, queued
