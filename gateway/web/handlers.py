@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, urlencode
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -193,7 +193,14 @@ async def finish_login(
         try:
             response = await launch(request, runtime, identity, login_request.target)
         except GatewayError as exc:
-            response = gateway_error_response(request, exc)
+            # The IdP's answer is single use: the queue page must carry on at /login/{app}
+            # (the session issued below skips the IdP there), never reload this callback/ACS.
+            resume = None
+            if isinstance(exc, BudgetExhausted):
+                resume = f"/login/{quote(runtime.name, safe='')}"
+                if login_request.target:
+                    resume += "?" + urlencode({"target": login_request.target})
+            response = gateway_error_response(request, exc, resume=resume)
     else:
         response = RedirectResponse(
             login_request.return_to or "/", status_code=303, headers=NO_STORE
@@ -325,7 +332,11 @@ async def metrics(request: Request) -> Response:
 # -- errors ----------------------------------------------------------------------------------
 
 
-def gateway_error_response(request: Request, exc: GatewayError) -> Response:
+def gateway_error_response(
+    request: Request, exc: GatewayError, *, resume: str | None = None
+) -> Response:
+    """The page (or JSON) for ``exc``; ``resume`` is where a queue page carries on
+    (default: reload the same URL, fine for a GET that can be repeated)."""
     svc = services(request)
     reference = getattr(request.state, "request_id", "-")
     level = logging.ERROR if exc.status >= 502 else logging.WARNING
@@ -346,13 +357,14 @@ def gateway_error_response(request: Request, exc: GatewayError) -> Response:
     if request.url.path.startswith("/api/"):
         body = {"error": exc.code, "message": exc.public, "reference": reference}
         return JSONResponse(body, status_code=exc.status, headers=headers)
-    if isinstance(exc, BudgetExhausted) and request.method == "GET":
+    if isinstance(exc, BudgetExhausted) and (request.method == "GET" or resume):
         # The queue page reloads itself; whoever waited longest tends to get the next token.
         return svc.pages.render(
             "queue.html",
             status=503,
             headers=headers,
             retry=headers["Retry-After"],
+            resume=resume,
             reference=reference,
         )
     return svc.pages.render(

@@ -51,11 +51,18 @@ def id_token_check(budget: float) -> float:
     key = RSAKey.generate_key(2048, parameters={"alg": "RS256"}, private=True, auto_kid=True)
     public = RSAKey.import_key(key.as_dict(private=False))
     now = int(time.time())
-    claims = {"iss": "https://idp.example", "aud": "gateway", "iat": now, "exp": now + 300,
-              "nonce": "n" * 43, **employee_claims(EMPLOYEES[0])}
+    claims = {
+        "iss": "https://idp.example",
+        "aud": "gateway",
+        "iat": now,
+        "exp": now + 300,
+        "nonce": "n" * 43,
+        **employee_claims(EMPLOYEES[0]),
+    }
     token = jwt.encode({"alg": "RS256", "kid": key.kid}, claims, key)
-    return _median_seconds(lambda: jws.deserialize_compact(token, public, algorithms=["RS256"]),
-                           budget)
+    return _median_seconds(
+        lambda: jws.deserialize_compact(token, public, algorithms=["RS256"]), budget
+    )
 
 
 def saml_checks(budget: float) -> tuple[float, float]:
@@ -63,21 +70,32 @@ def saml_checks(budget: float) -> tuple[float, float]:
     now = dt.datetime.now(dt.UTC)
     key = SigningKey.generate("bench IdP", now)
     acs, sp = "https://gw.example/auth/x/acs", "https://gw.example/auth/x/metadata"
-    xml = signed_response(issuer="https://idp.example", key=key, employee=EMPLOYEES[1],
-                          acs_url=acs, audience=sp, in_response_to="_req1", now=now)
+    xml = signed_response(
+        issuer="https://idp.example",
+        key=key,
+        employee=EMPLOYEES[1],
+        acs_url=acs,
+        audience=sp,
+        in_response_to="_req1",
+        now=now,
+    )
     cert = key.cert_pem.decode()
     root = etree.fromstring(xml)
     signature = root.find(f"{SAML}Assertion/{DS}Signature")
     assert signature is not None
-    sig_time = _median_seconds(lambda: verify_signature(signature, (cert,), False, "bench"),
-                               budget)
+    sig_time = _median_seconds(lambda: verify_signature(signature, (cert,), False, "bench"), budget)
     expectations = Expectations(
-        idp_entity_id="https://idp.example", idp_certificates=(cert,), sp_entity_id=sp,
-        acs_url=acs, signed="assertion", allow_sha1=False, clock_skew=60, max_bytes=256_000,
+        idp_entity_id="https://idp.example",
+        idp_certificates=(cert,),
+        sp_entity_id=sp,
+        acs_url=acs,
+        signed="assertion",
+        allow_sha1=False,
+        clock_skew=60,
+        max_bytes=256_000,
     )
     encoded = base64.b64encode(xml).decode()
-    whole = _median_seconds(lambda: validate_response(encoded, expectations, time.time()),
-                            budget)
+    whole = _median_seconds(lambda: validate_response(encoded, expectations, time.time()), budget)
     return sig_time, whole
 
 

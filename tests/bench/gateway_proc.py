@@ -8,11 +8,14 @@ own time from the time it spends waiting for the IdP and the LMS:
 
 * every outgoing HTTP call (IdP token endpoint, LMS API) is timed at the httpx transport and
   added to the current request's "upstream" total (a context variable);
-* every response carries ``x-bench-server-us`` (from the ASGI call to the response start)
-  and ``x-bench-upstream-us`` (the part of it spent awaiting upstream calls).
+* every response carries ``x-bench-server-us`` (from the ASGI call to the response start),
+  ``x-bench-upstream-us`` (the part of it spent in upstream calls, as the gateway's httpx
+  transport saw them) and ``x-bench-peer-us`` (the part the peers themselves reported as
+  their service time, ``x-bench-peer-us`` on their answers, added latency included).
 
-The gateway's own time per request is the difference. The instrumentation costs two
-``perf_counter`` calls per request and per upstream call (well under 1 % of a request).
+The gateway's own time per request is server minus peer time: it keeps the gateway's HTTP
+client work and the loopback transfer, and excludes what the IdP and the LMS spent. The
+instrumentation costs a few ``perf_counter`` calls and headers per request (well under 1 %).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def _instrument_httpx() -> None:
     async def timed(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
         acc = _upstream.get()
         started = time.perf_counter()
+        response = None
         try:
             response = await original(self, request)
             # The body is read by the caller; for these small JSON answers it arrived with
@@ -47,6 +51,8 @@ def _instrument_httpx() -> None:
         finally:
             if acc is not None:
                 acc[0] += time.perf_counter() - started
+                peer = response.headers.get("x-bench-peer-us") if response is not None else None
+                acc[1] += int(peer) / 1e6 if peer and peer.isdigit() else 0.0
 
     httpx.AsyncHTTPTransport.handle_async_request = timed  # type: ignore[method-assign]
 
@@ -61,7 +67,7 @@ class Timing:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        acc = [0.0]
+        acc = [0.0, 0.0]
         token = _upstream.set(acc)
         started = time.perf_counter()
 
@@ -71,6 +77,7 @@ class Timing:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-bench-server-us", b"%d" % int(server * 1e6)))
                 headers.append((b"x-bench-upstream-us", b"%d" % int(acc[0] * 1e6)))
+                headers.append((b"x-bench-peer-us", b"%d" % int(acc[1] * 1e6)))
                 message["headers"] = headers
             await send(message)
 

@@ -62,12 +62,20 @@ class Sample:
     gw_client: float
     server: float
     upstream: float
+    peer: float
     sub: str
     session: str | None = None
+    retries: int = 0
 
     @property
     def own(self) -> float:
-        return self.server - self.upstream
+        """Gateway time minus the IdP's and LMS's reported service time."""
+        return max(0.0, self.server - self.peer)
+
+    @property
+    def own_excluding_calls(self) -> float:
+        """Gateway time minus the whole of its upstream calls (client work included)."""
+        return max(0.0, self.server - self.upstream)
 
 
 class Failed(Exception):
@@ -80,6 +88,8 @@ class _Vu:
     gw_client: float = 0.0
     server: float = 0.0
     upstream: float = 0.0
+    peer: float = 0.0
+    retries: int = 0
 
 
 class Driver:
@@ -89,8 +99,9 @@ class Driver:
         self.urls = urls
         self.gw = urls["gateway"]
         self.pools = [
-            httpcore.AsyncConnectionPool(max_connections=VUS_PER_POOL * 3,
-                                         max_keepalive_connections=VUS_PER_POOL * 3)
+            httpcore.AsyncConnectionPool(
+                max_connections=VUS_PER_POOL * 3, max_keepalive_connections=VUS_PER_POOL * 3
+            )
             for _ in range(max(1, -(-concurrency // VUS_PER_POOL)))
         ]
 
@@ -98,20 +109,42 @@ class Driver:
         for pool in self.pools:
             await pool.aclose()
 
-    async def _send(self, pool: httpcore.AsyncConnectionPool, method: str, url: str,
-                    headers: list[tuple[bytes, bytes]] | None = None,
-                    body: bytes | None = None) -> httpcore.Response:
-        return await pool.request(method, url, headers=headers or [], content=body,
-                                  extensions=_TIMEOUT)
+    async def _send(
+        self,
+        pool: httpcore.AsyncConnectionPool,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        body: bytes | None = None,
+        vu: _Vu | None = None,
+    ) -> httpcore.Response:
+        try:
+            return await pool.request(
+                method, url, headers=headers or [], content=body, extensions=_TIMEOUT
+            )
+        except (httpcore.ReadError, httpcore.WriteError, httpcore.RemoteProtocolError):
+            # A kept-alive connection the server closed (idle timeout) just as it was reused:
+            # browsers retry such a request once on a new connection, and so do we (counted).
+            if vu is not None:
+                vu.retries += 1
+            return await pool.request(
+                method, url, headers=headers or [], content=body, extensions=_TIMEOUT
+            )
 
-    async def _gateway(self, pool: httpcore.AsyncConnectionPool, vu: _Vu, method: str,
-                       url: str, body: bytes | None = None) -> tuple[int, str]:
+    async def _gateway(
+        self,
+        pool: httpcore.AsyncConnectionPool,
+        vu: _Vu,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+    ) -> tuple[int, str]:
         headers = list(_FORM) if body is not None else []
         if vu.jar:
             cookie = "; ".join(f"{k}={v}" for k, v in vu.jar.items())
             headers.append((b"cookie", cookie.encode()))
         started = time.perf_counter()
-        response = await self._send(pool, method, url, headers, body)
+        response = await self._send(pool, method, url, headers, body, vu)
         vu.gw_client += time.perf_counter() - started
         location = ""
         for name, value in response.headers:
@@ -130,6 +163,8 @@ class Driver:
                 vu.server += int(value) / 1e6
             elif name == b"x-bench-upstream-us":
                 vu.upstream += int(value) / 1e6
+            elif name == b"x-bench-peer-us":
+                vu.peer += int(value) / 1e6
         return response.status, location
 
     def _expect_lms(self, status: int, location: str, job: Job, step: str) -> None:
@@ -144,7 +179,8 @@ class Driver:
         error = ""
         try:
             if job.kind == "click":
-                status, location = await self._gateway(pool, vu, "GET", f"{self.gw}/login/{job.app}")
+                login = f"{self.gw}/login/{job.app}"
+                status, location = await self._gateway(pool, vu, "GET", login)
                 self._expect_lms(status, location, job, "click")
             else:
                 await self._through_idp(pool, vu, job)
@@ -152,30 +188,43 @@ class Driver:
             error = str(exc)
         except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
             error = type(exc).__name__
-        return Sample(job.kind, job.app, not error, error, time.perf_counter() - started,
-                      vu.gw_client, vu.server, vu.upstream, job.sub, vu.jar.get("gw_session"))
+        return Sample(
+            job.kind,
+            job.app,
+            not error,
+            error,
+            time.perf_counter() - started,
+            vu.gw_client,
+            vu.server,
+            vu.upstream,
+            vu.peer,
+            job.sub,
+            vu.jar.get("gw_session"),
+            vu.retries,
+        )
 
     async def _through_idp(self, pool: httpcore.AsyncConnectionPool, vu: _Vu, job: Job) -> None:
         idp = "demo-oidc" if job.kind == "oidc" else "demo-saml"
         idp_url = self.urls["oidc" if job.kind == "oidc" else "saml"]
-        status, location = await self._gateway(pool, vu, "GET",
-                                               f"{self.gw}/login/{job.app}?idp={idp}")
+        status, location = await self._gateway(
+            pool, vu, "GET", f"{self.gw}/login/{job.app}?idp={idp}"
+        )
         if status != 303 or not location.startswith(idp_url + "/"):
             raise Failed(f"login:{status}")
-        page = await self._send(pool, "GET", location)
+        page = await self._send(pool, "GET", location, vu=vu)
         txn = _TXN.search(page.content)
         if page.status != 200 or txn is None:
             raise Failed(f"idp-page:{page.status}")
         choice = urlencode({"txn": html.unescape(txn.group(1).decode()), "sub": job.sub}).encode()
         if job.kind == "oidc":
-            answer = await self._send(pool, "POST", f"{idp_url}/authorize", _FORM, choice)
+            answer = await self._send(pool, "POST", f"{idp_url}/authorize", _FORM, choice, vu)
             callback = dict(answer.headers).get(b"location", b"").decode()
             if answer.status != 303 or not callback.startswith(self.gw + "/"):
                 raise Failed(f"idp-choose:{answer.status}")
             status, location = await self._gateway(pool, vu, "GET", callback)
             self._expect_lms(status, location, job, "callback")
             return
-        answer = await self._send(pool, "POST", f"{idp_url}/sso", _FORM, choice)
+        answer = await self._send(pool, "POST", f"{idp_url}/sso", _FORM, choice, vu)
         saml, relay = _SAML.search(answer.content), _RELAY.search(answer.content)
         if answer.status != 200 or saml is None:
             raise Failed(f"idp-choose:{answer.status}")
@@ -187,8 +236,9 @@ class Driver:
         )
         self._expect_lms(status, location, job, "acs")
 
-    async def run(self, jobs: Sequence[Job], concurrency: int,
-                  duration: float | None = None) -> list[Sample]:
+    async def run(
+        self, jobs: Sequence[Job], concurrency: int, duration: float | None = None
+    ) -> list[Sample]:
         """Run ``jobs`` with ``concurrency`` virtual employees: each job once, or, with
         ``duration``, round and round until that many seconds have passed."""
         samples: list[Sample] = []
@@ -210,8 +260,13 @@ class Driver:
         return samples
 
 
-async def _drive_async(urls: dict[str, str], jobs: Sequence[Job], concurrency: int,
-                       duration: float | None, start_at: float) -> tuple[list[Sample], float, float]:
+async def _drive_async(
+    urls: dict[str, str],
+    jobs: Sequence[Job],
+    concurrency: int,
+    duration: float | None,
+    start_at: float,
+) -> tuple[list[Sample], float, float]:
     driver = Driver(urls, concurrency)
     try:
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -226,20 +281,30 @@ def _drive_proc(args: tuple[Any, ...]) -> tuple[list[Sample], float, float]:
     return asyncio.run(_drive_async(*args))
 
 
-def drive(urls: dict[str, str], jobs: Sequence[Job], concurrency: int, *,
-          duration: float | None = None, procs: int = 1) -> tuple[list[Sample], float]:
+def drive(
+    urls: dict[str, str],
+    jobs: Sequence[Job],
+    concurrency: int,
+    *,
+    duration: float | None = None,
+    procs: int = 1,
+) -> tuple[list[Sample], float]:
     """Run ``jobs`` from ``procs`` generator processes; returns the samples and the wall
     time from the first start to the last finish."""
     if procs <= 1:
         samples, begun, ended = asyncio.run(
-            _drive_async(urls, jobs, concurrency, duration, time.time()))
+            _drive_async(urls, jobs, concurrency, duration, time.time())
+        )
         return samples, ended - begun
     share = [list(jobs[i::procs]) for i in range(procs)]
     conc = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     start_at = time.time() + 2.0  # every process imported and ready before anyone starts
     with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
-        results = list(pool.map(_drive_proc, [
-            (urls, share[i], conc[i], duration, start_at) for i in range(procs) if share[i]
-        ]))
+        results = list(
+            pool.map(
+                _drive_proc,
+                [(urls, share[i], conc[i], duration, start_at) for i in range(procs) if share[i]],
+            )
+        )
     samples = [s for r in results for s in r[0]]
     return samples, max(r[2] for r in results) - min(r[1] for r in results)

@@ -9,6 +9,8 @@ a slow upstream costs the gateway waiting time, not CPU). Control API (benchmark
 
 * ``GET /_bench/stats``: ``{"calls": LMS API calls recorded by the simulator, "requests": n,
   "statuses": {"200": n, "429": n, ...}}``
+* every answer carries ``x-bench-peer-us``: this peer's service time for it (from the ASGI
+  call, added latency included, to the response start), read by ``gateway_proc.py``.
 * ``POST /_bench/set?latency_ms=..&rate_limit=..``: change the added latency and the
   simulator's per-minute limit (the limiter's window is emptied).
 
@@ -26,6 +28,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections import Counter
 from typing import Any
 
@@ -82,12 +85,19 @@ class Peer:
             await self._control(scope, send)
             return
         self.requests += 1
+        started = time.perf_counter()
         if self.latency > 0:
             await asyncio.sleep(self.latency)
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.statuses[int(message["status"])] += 1
+                # Service time (added latency included) for the gateway's instrumentation.
+                spent = int((time.perf_counter() - started) * 1e6)
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-bench-peer-us", b"%d" % spent),
+                ]
             await send(message)
 
         await self.app(scope, receive, counting_send)

@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -32,8 +31,11 @@ def top_functions(speedscope: Path, limit: int = 40) -> str:
     for profile in data["profiles"]:
         for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
             count += weight
-            names = [f"{frames[i]['name']} ({Path(frames[i].get('file', '?')).name}:"
-                     f"{frames[i].get('line', 0)})" for i in stack]
+            names = [
+                f"{frames[i]['name']} ({Path(frames[i].get('file', '?')).name}:"
+                f"{frames[i].get('line', 0)})"
+                for i in stack
+            ]
             if names:
                 own[names[-1]] += weight
             for name in set(names):
@@ -43,6 +45,43 @@ def top_functions(speedscope: Path, limit: int = 40) -> str:
     lines += ["", "total%  function"]
     lines += [f"{100 * n / count:5.1f}  {name}" for name, n in total.most_common(limit)]
     return "\n".join(lines)
+
+
+# (label, substrings of "file:function" any frame of a sample may match), first match wins.
+CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "logging (audit, access log, events)",
+        ("/logging/", "observability.py:log_event", "observability.py:audit"),
+    ),
+    ("SAML: signature verify (xmlsec)", ("saml_signature.py:verify_signature",)),
+    ("SAML: schema validation", ("saml_xml.py:validate_schema",)),
+    ("SAML: rest of validate_response", ("saml_checks.py:",)),
+    ("OIDC: ID token verify (joserfc)", ("jwks.py:verify_id_token",)),
+    ("outgoing HTTP client (httpx/httpcore/anyio)", ("/httpx/", "/httpcore/", "/anyio/")),
+    ("session cookie (itsdangerous)", ("/itsdangerous/",)),
+    ("store (memory)", ("store/memory.py:",)),
+    ("gateway code (handlers, auth, connectors, ...)", ("/gateway/",)),
+    ("HTTP server (uvicorn h11, starlette)", ("/uvicorn/", "/h11/", "/starlette/")),
+    ("event loop, sockets", ("/asyncio/", "selectors.py")),
+]
+
+
+def breakdown(speedscope: Path) -> list[tuple[str, float]]:
+    """Share of samples per :data:`CATEGORIES` entry (plus "other")."""
+    data = json.loads(speedscope.read_text())
+    frames = [f"{f.get('file', '?')}:{f['name']}" for f in data["shared"]["frames"]]
+    shares: Counter[str] = Counter()
+    count = 0.0
+    for profile in data["profiles"]:
+        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+            count += weight
+            names = [frames[i] for i in stack]
+            label = next(
+                (label for label, marks in CATEGORIES if any(m in n for n in names for m in marks)),
+                "other",
+            )
+            shares[label] += weight
+    return [(label, 100 * n / count) for label, n in shares.most_common()]
 
 
 def main() -> None:
@@ -63,29 +102,44 @@ def main() -> None:
     try:
         stack.set_rate_limits(1_000_000_000)
         proto = "saml" if args.kind == "saml" else "oidc"
-        jobs = [Job(proto, app_names("skyprep", stack.replicas)[i % stack.replicas], "skyprep",
-                    f"bench-{i}") for i in range(1, 201)]
+        jobs = [
+            Job(
+                proto,
+                app_names("skyprep", stack.replicas)[i % stack.replicas],
+                "skyprep",
+                f"bench-{i}",
+            )
+            for i in range(1, 201)
+        ]
         samples, _ = drive(stack.urls, jobs, args.concurrency)
         if args.kind == "click":
             jobs = [Job("click", s.app, "skyprep", s.sub, s.session) for s in samples if s.ok]
         assert stack.gateway_tree is not None
         record = out / f"{args.kind}.speedscope.json"
         spy_proc = subprocess.Popen(
-            [spy, "record", "--pid", str(stack.gateway_tree.root), "--duration",
-             str(int(args.seconds)), "--rate", "250", "--format", "speedscope", "--output",
-             str(record), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        done = threading.Event()
-        result: list[int] = []
-
-        def load() -> None:
-            s, wall = drive(stack.urls, jobs, args.concurrency, duration=args.seconds)
-            result.append(len(s))
-            done.set()
-
-        load()
+            [
+                spy,
+                "record",
+                "--pid",
+                str(stack.gateway_tree.root),
+                "--duration",
+                str(int(args.seconds)),
+                "--rate",
+                "250",
+                "--format",
+                "speedscope",
+                "--output",
+                str(record),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        samples, _ = drive(stack.urls, jobs, args.concurrency, duration=args.seconds)
+        result = [len(samples)]
         spy_proc.wait(timeout=args.seconds + 60)
-        text = top_functions(record)
+        text = "\n".join(f"{share:5.1f}%  {label}" for label, share in breakdown(record))
+        text += "\n\n" + top_functions(record)
         (out / f"{args.kind}.top.txt").write_text(text)
         print(f"{result[0]} sign-ins while recording\n{text}")
     finally:

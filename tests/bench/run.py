@@ -59,21 +59,28 @@ class Bench:
     def new_subs(self, n: int) -> list[str]:
         return [f"bench-{next(self._subs)}" for _ in range(n)]
 
-    def measure(self, jobs: Sequence[Job], concurrency: int, duration: float | None = None,
-                sampler: Sampler | None = None) -> tuple[list[Sample], dict[str, Any]]:
+    def measure(
+        self,
+        jobs: Sequence[Job],
+        concurrency: int,
+        duration: float | None = None,
+        sampler: Sampler | None = None,
+    ) -> tuple[list[Sample], dict[str, Any]]:
         tree = self.stack.gateway_tree
         assert tree is not None
         before = {c: self.stack.stats(c) for c in CONNECTORS}
         peers = {r: t.cpu_seconds() for r, t in self.stack.peer_trees().items()}
         own = os.times()
         cpu = tree.cpu_seconds()
-        samples, wall = drive(self.stack.urls, jobs, concurrency, duration=duration,
-                              procs=self.procs)
+        samples, wall = drive(
+            self.stack.urls, jobs, concurrency, duration=duration, procs=self.procs
+        )
         cpu = tree.cpu_seconds() - cpu
         own_after = os.times()
         summary = summarize(samples, wall, cpu)
-        summary["peers_cpu_s"] = round(sum(
-            t.cpu_seconds() - peers[r] for r, t in self.stack.peer_trees().items()), 2)
+        summary["peers_cpu_s"] = round(
+            sum(t.cpu_seconds() - peers[r] for r, t in self.stack.peer_trees().items()), 2
+        )
         summary["loadgen_cpu_s"] = round(sum(own_after[:4]) - sum(own[:4]), 2)
         after = {c: self.stack.stats(c) for c in CONNECTORS}
         ok = max(1, summary["signins"])
@@ -81,7 +88,9 @@ class Bench:
         summary["lms_calls_per_signin"] = round(sum(summary["lms_calls"].values()) / ok, 3)
         summary["rate_limited"] = sum(
             after[c]["statuses"].get(s, 0) - before[c]["statuses"].get(s, 0)
-            for c in CONNECTORS for s in ("429", "503"))
+            for c in CONNECTORS
+            for s in ("429", "503")
+        )
         return samples, summary
 
     def warmup(self) -> None:
@@ -89,8 +98,9 @@ class Bench:
         for proto in ("oidc", "saml"):
             for conn in CONNECTORS:
                 apps = app_names(conn, self.stack.replicas)
-                jobs = [Job(proto, apps[i % len(apps)], conn, s)
-                        for i, s in enumerate(self.new_subs(n))]
+                jobs = [
+                    Job(proto, apps[i % len(apps)], conn, s) for i, s in enumerate(self.new_subs(n))
+                ]
                 self.measure(jobs, self.sizes.concurrency)
 
     def throughput(self) -> list[dict[str, Any]]:
@@ -99,14 +109,15 @@ class Bench:
         for proto in ("oidc", "saml"):
             for conn in CONNECTORS:
                 apps = app_names(conn, self.stack.replicas)
-                first = [Job(proto, apps[i % len(apps)], conn, sub)
-                         for i, sub in enumerate(self.new_subs(s.first))]
+                first = [
+                    Job(proto, apps[i % len(apps)], conn, sub)
+                    for i, sub in enumerate(self.new_subs(s.first))
+                ]
                 again = [first[i % len(first)] for i in range(s.returning)]
                 _, summary = self.measure(first, s.concurrency)
                 rows.append({"protocol": proto, "connector": conn, "phase": "first", **summary})
                 samples, summary = self.measure(again, s.concurrency)
-                rows.append({"protocol": proto, "connector": conn, "phase": "returning",
-                             **summary})
+                rows.append({"protocol": proto, "connector": conn, "phase": "returning", **summary})
                 sessions = [x for x in samples if x.ok and x.session]
                 clicks = [Job("click", x.app, conn, x.sub, x.session) for x in sessions]
                 clicks = [clicks[i % len(clicks)] for i in range(s.click)] if clicks else []
@@ -128,20 +139,27 @@ class Bench:
         self.stack.set_latency(REALISTIC_IDP_MS, REALISTIC_LMS_MS)
         tree = self.stack.gateway_tree
         assert tree is not None
-        mixed = [j for pair in zip(self.provisioned["oidc"], self.provisioned["saml"],
-                                   strict=False) for j in pair]
+        mixed = [
+            j
+            for pair in zip(self.provisioned["oidc"], self.provisioned["saml"], strict=False)
+            for j in pair
+        ]
         rows = []
         try:
             for concurrency in self.sizes.realistic:
                 with Sampler(tree) as sampler:
                     _, summary = self.measure(mixed, concurrency, self.sizes.realistic_seconds)
-                rows.append({
-                    "concurrency": concurrency, "idp_ms": REALISTIC_IDP_MS,
-                    "lms_ms": REALISTIC_LMS_MS, **summary,
-                    "peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
-                    "rss_high_water_mb": round(tree.rss_high_water() / 2**20, 1),
-                    "peak_sockets": sampler.peak_sockets,
-                })
+                rows.append(
+                    {
+                        "concurrency": concurrency,
+                        "idp_ms": REALISTIC_IDP_MS,
+                        "lms_ms": REALISTIC_LMS_MS,
+                        **summary,
+                        "peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
+                        "rss_high_water_mb": round(tree.rss_high_water() / 2**20, 1),
+                        "peak_sockets": sampler.peak_sockets,
+                    }
+                )
         finally:
             self.stack.set_latency(0, 0)
         return rows
@@ -157,16 +175,25 @@ class Bench:
                     first = [Job(proto, conn, conn, sub) for sub in self.new_subs(n)]
                     _, f = self.measure(first, 1)
                     samples, r = self.measure(first, 1)
-                    clicks = [Job("click", x.app, conn, x.sub, x.session)
-                              for x in samples if x.ok and x.session]
+                    clicks = [
+                        Job("click", x.app, conn, x.sub, x.session)
+                        for x in samples
+                        if x.ok and x.session
+                    ]
                     _, c = self.measure(clicks, 1)
-                    rows.append({
-                        "connector": conn, "protocol": proto,
-                        "first": f["lms_calls_per_signin"], "returning": r["lms_calls_per_signin"],
-                        "click": c["lms_calls_per_signin"],
-                        "errors": f["errors"] + r["errors"] + c["errors"],
-                        "rate_limited": f["rate_limited"] + r["rate_limited"] + c["rate_limited"],
-                    })
+                    rows.append(
+                        {
+                            "connector": conn,
+                            "protocol": proto,
+                            "first": f["lms_calls_per_signin"],
+                            "returning": r["lms_calls_per_signin"],
+                            "click": c["lms_calls_per_signin"],
+                            "errors": f["errors"] + r["errors"] + c["errors"],
+                            "rate_limited": f["rate_limited"]
+                            + r["rate_limited"]
+                            + c["rate_limited"],
+                        }
+                    )
         finally:
             self.stack.set_rate_limits(NO_LIMIT)
         return rows
@@ -174,54 +201,101 @@ class Bench:
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     def per_core(proto: str) -> float:
-        return min(r["per_core"] for r in report["throughput"]
-                   if r["protocol"] == proto and r["phase"] == "returning")
+        return min(
+            r["per_core"]
+            for r in report["throughput"]
+            if r["protocol"] == proto and r["phase"] == "returning"
+        )
 
     realistic = {r["concurrency"]: r for r in report["realistic"]}
     low, high = min(realistic), max(realistic)
     returning = [r["returning"] for r in report["lms_calls"]]
     return [
-        {"name": "returning OIDC sign-ins/s per core (worst connector)",
-         "target": ">= 400", "measured": per_core("oidc"), "met": per_core("oidc") >= 400},
-        {"name": "returning SAML sign-ins/s per core (worst connector)",
-         "target": ">= 150", "measured": per_core("saml"), "met": per_core("saml") >= 150},
-        {"name": f"gateway own-time p99 (ms) at {low} concurrent, realistic upstream",
-         "target": "<= 10", "measured": realistic[low]["own_ms"]["p99"],
-         "met": realistic[low]["own_ms"]["p99"] <= 10},
-        {"name": f"{high} concurrent, LMS {REALISTIC_LMS_MS} ms: errors / peak RSS MB",
-         "target": "0 / <= 200",
-         "measured": f"{realistic[high]['errors']} / {realistic[high]['peak_rss_mb']}",
-         "met": realistic[high]["errors"] == 0 and realistic[high]["peak_rss_mb"] <= 200},
-        {"name": "LMS calls per returning sign-in, every connector and IdP",
-         "target": "1", "measured": returning, "met": all(x == 1 for x in returning)},
+        {
+            "name": "returning OIDC sign-ins/s per core (worst connector)",
+            "target": ">= 400",
+            "measured": per_core("oidc"),
+            "met": per_core("oidc") >= 400,
+        },
+        {
+            "name": "returning SAML sign-ins/s per core (worst connector)",
+            "target": ">= 150",
+            "measured": per_core("saml"),
+            "met": per_core("saml") >= 150,
+        },
+        {
+            "name": f"gateway own-time p99 (ms) at {low} concurrent, realistic upstream",
+            "target": "<= 10",
+            "measured": realistic[low]["own_ms"]["p99"],
+            "met": realistic[low]["own_ms"]["p99"] <= 10,
+        },
+        {
+            "name": f"{high} concurrent, LMS {REALISTIC_LMS_MS} ms: errors / peak RSS MB",
+            "target": "0 / <= 200",
+            "measured": f"{realistic[high]['errors']} / {realistic[high]['peak_rss_mb']}",
+            "met": realistic[high]["errors"] == 0 and realistic[high]["peak_rss_mb"] <= 200,
+        },
+        {
+            "name": "LMS calls per returning sign-in, every connector and IdP",
+            "target": "1",
+            "measured": returning,
+            "met": all(x == 1 for x in returning),
+        },
     ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="CI smoke run (seconds)")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--store", choices=("memory", "redis"), default="memory")
-    parser.add_argument("--idp-latency-ms", type=float, default=0.0,
-                        help="added IdP latency in the throughput phases (1, 2, 4)")
-    parser.add_argument("--lms-latency-ms", type=float, default=0.0,
-                        help="added LMS latency in the throughput phases (1, 2, 4)")
-    parser.add_argument("--loadgen-procs", type=int, default=1,
-                        help="load-generating processes")
+    parser.add_argument(
+        "--idp-latency-ms",
+        type=float,
+        default=0.0,
+        help="added IdP latency in the throughput phases (1, 2, 4)",
+    )
+    parser.add_argument(
+        "--lms-latency-ms",
+        type=float,
+        default=0.0,
+        help="added LMS latency in the throughput phases (1, 2, 4)",
+    )
+    parser.add_argument("--loadgen-procs", type=int, default=1, help="load-generating processes")
     parser.add_argument("--concurrency", type=int, help="concurrent sign-ins in phases 1-2")
     parser.add_argument("--json", metavar="PATH", help="write the report here")
+    parser.add_argument(
+        "--no-userinfo",
+        action="store_true",
+        help="experiment: OIDC fetch_userinfo = false (default is true)",
+    )
     args = parser.parse_args(argv)
     if args.workers > 1 and args.store == "memory":
         parser.error("--workers > 1 needs --store redis (the memory store is per process)")
     sizes = QUICK if args.quick else FULL
     if args.concurrency:
         sizes = Sizes(**{**sizes.__dict__, "concurrency": args.concurrency})
-    stack = BenchStack(workers=args.workers, store=args.store)
-    meta = {**machine(), "workers": args.workers, "store": args.store,
-            "mode": "quick" if args.quick else "full", "concurrency": sizes.concurrency,
-            "loadgen_procs": args.loadgen_procs, "idp_latency_ms": args.idp_latency_ms,
-            "lms_latency_ms": args.lms_latency_ms, "app_replicas": stack.replicas}
+    stack = BenchStack(
+        workers=args.workers,
+        store=args.store,
+        idp_overrides={"fetch_userinfo": False} if args.no_userinfo else {},
+    )
+    meta = {
+        **machine(),
+        "workers": args.workers,
+        "store": args.store,
+        "mode": "quick" if args.quick else "full",
+        "concurrency": sizes.concurrency,
+        "loadgen_procs": args.loadgen_procs,
+        "idp_latency_ms": args.idp_latency_ms,
+        "lms_latency_ms": args.lms_latency_ms,
+        "app_replicas": stack.replicas,
+        "oidc_fetch_userinfo": not args.no_userinfo,
+    }
     stack.start()
     try:
         bench = Bench(stack, sizes, args.loadgen_procs)
@@ -233,18 +307,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["sequential"] = bench.sequential()
         report["realistic"] = bench.realistic()
         report["lms_calls"] = bench.lms_calls()
+        report["gateway_failures"] = stack.gateway_failures()
     except BaseException:
         print(stack.log_tail("gateway"), file=sys.stderr)
         raise
     finally:
         stack.stop()
     crypto = floor(sizes.crypto_seconds)
-    cpu = {p: [r["cpu_ms_per_signin"] for r in report["throughput"]
-               if r["protocol"] == p and r["phase"] == "returning"] for p in ("oidc", "saml")}
-    crypto["ratio_oidc"] = round(sum(cpu["oidc"]) / len(cpu["oidc"])
-                                 / crypto["oidc_id_token_rs256_verify_ms"], 1)
-    crypto["ratio_saml"] = round(sum(cpu["saml"]) / len(cpu["saml"])
-                                 / crypto["saml_signature_verify_ms"], 1)
+    cpu = {
+        p: [
+            r["cpu_ms_per_signin"]
+            for r in report["throughput"]
+            if r["protocol"] == p and r["phase"] == "returning"
+        ]
+        for p in ("oidc", "saml")
+    }
+    crypto["ratio_oidc"] = round(
+        sum(cpu["oidc"]) / len(cpu["oidc"]) / crypto["oidc_id_token_rs256_verify_ms"], 1
+    )
+    crypto["ratio_saml"] = round(
+        sum(cpu["saml"]) / len(cpu["saml"]) / crypto["saml_signature_verify_ms"], 1
+    )
     report["crypto"] = crypto
     report["targets"] = targets(report)
     report["meta"]["loadavg_end"] = list(os.getloadavg())

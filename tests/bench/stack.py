@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,14 @@ def app_names(connector: str, replicas: int) -> list[str]:
     return [connector] + [f"{connector}-r{i}" for i in range(1, replicas)]
 
 
-def bench_config(urls: dict[str, str], metadata: str, *, store: dict[str, Any],
-                 replicas: int, calls_per_minute: int) -> dict[str, Any]:
+def bench_config(
+    urls: dict[str, str],
+    metadata: str,
+    *,
+    store: dict[str, Any],
+    replicas: int,
+    calls_per_minute: int,
+) -> dict[str, Any]:
     """The demo configuration with each app repeated ``replicas`` times.
 
     Why replicas: one app's LMS budget is capped at 10,000 calls/minute (settings.py), i.e.
@@ -54,9 +61,15 @@ def bench_config(urls: dict[str, str], metadata: str, *, store: dict[str, Any],
     deployment shape and keeps the real budget code on the path.
     """
     config = demo_config(
-        gateway=urls["gateway"], oidc=urls["oidc"], saml_metadata_file=metadata,
-        skyprep=urls["skyprep"], damstra=urls["damstra"], litmos=urls["litmos"],
-        portal="http://127.0.0.1:9", store=store, calls_per_minute=calls_per_minute,
+        gateway=urls["gateway"],
+        oidc=urls["oidc"],
+        saml_metadata_file=metadata,
+        skyprep=urls["skyprep"],
+        damstra=urls["damstra"],
+        litmos=urls["litmos"],
+        portal="http://127.0.0.1:9",
+        store=store,
+        calls_per_minute=calls_per_minute,
     )
     del config["gateway"]["log_format"]  # the production default (json), as `gateway serve`
     apps = config["app"]
@@ -78,6 +91,7 @@ class BenchStack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     redis: RedisServer | None = None
     gateway_tree: ProcTree | None = None
+    idp_overrides: dict[str, Any] = field(default_factory=dict)
 
     def start(self, *, calls_per_minute: int = 10_000, plain: bool = False) -> None:
         try:
@@ -86,13 +100,19 @@ class BenchStack:
             self.stop()
             raise
 
-    def _spawn(self, name: str, args: list[str], sock: socket.socket,
-               env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the child
+    def _spawn(
+        self, name: str, args: list[str], sock: socket.socket, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, *args, "--fd", str(sock.fileno())],
-            pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            env=env, cwd=ROOT, start_new_session=True,
+            pass_fds=(sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
         )
         log.close()
         self.procs[name] = proc
@@ -106,29 +126,55 @@ class BenchStack:
         metadata = self.workdir / "saml-idp.xml"
         for role in ROLES:
             extra = ["--metadata-out", str(metadata)] if role == "saml" else []
-            self._spawn(role, ["-m", "tests.bench.peers", "--role", role, "--url",
-                               self.urls[role], "--gateway", self.urls["gateway"], *extra],
-                        socks[role], env)
+            self._spawn(
+                role,
+                [
+                    "-m",
+                    "tests.bench.peers",
+                    "--role",
+                    role,
+                    "--url",
+                    self.urls[role],
+                    "--gateway",
+                    self.urls["gateway"],
+                    *extra,
+                ],
+                socks[role],
+                env,
+            )
         for role in ROLES:
             self._wait(role, f"{self.urls[role]}/_bench/stats")
         store: dict[str, Any] = {"backend": "memory"}
         if self.store == "redis":
             self.redis = RedisServer()
             self.redis.start()
-            store = {"backend": "redis", "url": self.redis.url,
-                     "key_prefix": f"bench-{secrets.token_hex(4)}:"}
-        config = bench_config(self.urls, str(metadata), store=store, replicas=self.replicas,
-                              calls_per_minute=calls_per_minute)
+            store = {
+                "backend": "redis",
+                "url": self.redis.url,
+                "key_prefix": f"bench-{secrets.token_hex(4)}:",
+            }
+        config = bench_config(
+            self.urls,
+            str(metadata),
+            store=store,
+            replicas=self.replicas,
+            calls_per_minute=calls_per_minute,
+        )
+        config["idp"]["demo-oidc"].update(self.idp_overrides)
         path = self.workdir / "gateway.toml"
         path.write_text(dumps(config))
         gw_env = {
-            **env, "GATEWAY_CONFIG": str(path), "GATEWAY_SIGNING_KEY": secrets.token_hex(32),
-            "DEMO_SKYPREP_KEY": SKYPREP_KEY, "DEMO_DAMSTRA_KEY": DAMSTRA_KEY,
+            **env,
+            "GATEWAY_CONFIG": str(path),
+            "GATEWAY_SIGNING_KEY": secrets.token_hex(32),
+            "DEMO_SKYPREP_KEY": SKYPREP_KEY,
+            "DEMO_DAMSTRA_KEY": DAMSTRA_KEY,
             "DEMO_LITMOS_KEY": LITMOS_KEY,
         }
         args = ["-m", "tests.bench.gateway_proc", "--workers", str(self.workers)]
-        proc = self._spawn("gateway", [*args, *(["--plain"] if plain else [])],
-                           socks["gateway"], gw_env)
+        proc = self._spawn(
+            "gateway", [*args, *(["--plain"] if plain else [])], socks["gateway"], gw_env
+        )
         for sock in socks.values():
             sock.close()
         self._wait("gateway", f"{self.urls['gateway']}/readyz", timeout=60)
@@ -148,7 +194,7 @@ class BenchStack:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited: {self.log_tail(name)}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - 127.0.0.1
+                with urllib.request.urlopen(url, timeout=2) as answer:
                     if answer.status == 200:
                         return
             except OSError:
@@ -168,11 +214,11 @@ class BenchStack:
     def control(self, role: str, **params: float) -> None:
         query = "&".join(f"{k}={v}" for k, v in params.items())
         request = urllib.request.Request(f"{self.urls[role]}/_bench/set?{query}", method="POST")
-        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - 127.0.0.1
+        with urllib.request.urlopen(request, timeout=10):
             pass
 
     def stats(self, role: str) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.urls[role]}/_bench/stats", timeout=10) as a:  # noqa: S310
+        with urllib.request.urlopen(f"{self.urls[role]}/_bench/stats", timeout=10) as a:
             result: dict[str, Any] = json.load(a)
             return result
 
@@ -185,6 +231,23 @@ class BenchStack:
             self.control(role, rate_limit=per_minute)
 
     # -- teardown ------------------------------------------------------------------------
+
+    def gateway_failures(self) -> dict[str, int]:
+        """The gateway's "request failed" log lines, counted by code and reason."""
+        found: Counter[str] = Counter()
+        path = self.workdir / "gateway.log"
+        if not path.exists():
+            return {}
+        with path.open(errors="replace") as lines:
+            for line in lines:
+                if '"request failed"' not in line and "unhandled error" not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                found[f"{entry.get('code', 'internal')}: {str(entry.get('reason', ''))[:90]}"] += 1
+        return dict(found.most_common(12))
 
     def stop(self) -> None:
         for name in ["gateway", *[n for n in self.procs if n != "gateway"]]:

@@ -22,8 +22,16 @@ def _is_number(value: object) -> bool:
 
 
 def _check_batch(row: dict[str, object]) -> None:
-    for key in ("signins", "errors", "wall_s", "rate_per_s", "gateway_cpu_s", "per_core",
-                "cpu_ms_per_signin", "lms_calls_per_signin"):
+    for key in (
+        "signins",
+        "errors",
+        "wall_s",
+        "rate_per_s",
+        "gateway_cpu_s",
+        "per_core",
+        "cpu_ms_per_signin",
+        "lms_calls_per_signin",
+    ):
         assert _is_number(row[key]), (key, row[key])
     for key in ("own_ms", "gw_client_ms", "wall_ms"):
         figures = row[key]
@@ -53,21 +61,34 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "tests.bench.run", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for heading in ("(1, 2, 4)", "(2)", "(3)", "(4)", "(5)", "targets"):
         assert heading in done.stdout
     report = json.loads(out.read_text())
-    assert set(report) >= {"meta", "throughput", "sequential", "realistic", "lms_calls",
-                           "crypto", "targets"}
+    assert set(report) >= {
+        "meta",
+        "throughput",
+        "sequential",
+        "realistic",
+        "lms_calls",
+        "crypto",
+        "targets",
+    }
     assert report["meta"]["nproc"] >= 1 and report["meta"]["mode"] == "quick"
 
     # (1) every protocol x connector x phase, all sign-ins completed
     cases = {(r["protocol"], r["connector"], r["phase"]) for r in report["throughput"]}
-    assert cases == {(p, c, ph) for p in ("oidc", "saml")
-                     for c in ("skyprep", "damstra", "litmos")
-                     for ph in ("first", "returning", "click")}
+    assert cases == {
+        (p, c, ph)
+        for p in ("oidc", "saml")
+        for c in ("skyprep", "damstra", "litmos")
+        for ph in ("first", "returning", "click")
+    }
     for row in report["throughput"] + report["sequential"]:
         _check_batch(row)
         assert row["signins"] > 0 and row["errors"] == 0, row
@@ -79,14 +100,20 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
         assert row["peak_rss_mb"] > 0 and row["peak_sockets"] > 0
     # (4) counted at the simulators, for every connector and both IdPs
     assert {(r["connector"], r["protocol"]) for r in report["lms_calls"]} == {
-        (c, p) for c in ("skyprep", "damstra", "litmos") for p in ("oidc", "saml")}
+        (c, p) for c in ("skyprep", "damstra", "litmos") for p in ("oidc", "saml")
+    }
     for row in report["lms_calls"]:
         assert all(_is_number(row[k]) and row[k] > 0 for k in ("first", "returning", "click"))
         assert row["errors"] == 0
     # (5) crypto floor and ratios
     crypto = report["crypto"]
-    for key in ("oidc_id_token_rs256_verify_ms", "saml_signature_verify_ms",
-                "saml_validate_response_ms", "ratio_oidc", "ratio_saml"):
+    for key in (
+        "oidc_id_token_rs256_verify_ms",
+        "saml_signature_verify_ms",
+        "saml_validate_response_ms",
+        "ratio_oidc",
+        "ratio_saml",
+    ):
         assert _is_number(crypto[key]) and crypto[key] > 0
     assert all(isinstance(t["met"], bool) for t in report["targets"])
     # nothing left running

@@ -3,14 +3,15 @@
 What :func:`replica_stack` starts, everything on 127.0.0.1:
 
 * the demo OIDC and SAML IdPs and the three LMS simulators (SkyPrep, Damstra, Litmos) plus a
-  fourth, separately rate-limited Litmos tenant (app ``burst``), each in a uvicorn thread of
-  the test process, every simulator wrapped in a :class:`ResponseLog` that records when each
-  call arrived and what it was answered;
+  fourth, separately rate-limited Damstra tenant (app ``burst``), each in a uvicorn thread of
+  the test process, every simulator wrapped in a ``ResponseLog`` (``balancer.py``) that
+  records when each call arrived and what it was answered;
 * N replicas as real OS processes (``python -m gateway serve --config <toml>``), all with the
   same config: Redis store, one signing key, one ``public_url``;
-* :class:`ReplicaProxy`, a tiny load balancer in the test process at ``public_url``: it
-  forwards each request to the replica named by the ``X-Replica`` header (``a``, ``b``...)
-  or round-robin, so cookies, redirect URIs and the SAML Destination are those of one origin.
+* ``ReplicaProxy`` (``balancer.py``), a tiny load balancer in the test process at
+  ``public_url``: it forwards each request to the replica named by the ``X-Replica`` header
+  (``a``, ``b``...) or round-robin, so cookies, redirect URIs and the SAML Destination are
+  those of one origin.
 
 Teardown (also on failure): the replica processes are terminated (killed after 5 s), the
 threads stopped and the temporary directory removed. The Redis server is the caller's.
@@ -21,17 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import html
-import itertools
 import json
 import os
 import re
 import secrets
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.sandbox._common import RateLimiter, Served, bind_port, serve_in_thread
 from gateway.sandbox.damstra import DamstraSimulator
@@ -54,15 +55,12 @@ from gateway.sandbox.litmos import LitmosSimulator
 from gateway.sandbox.oidc_idp import DemoClient, DemoOidcProvider
 from gateway.sandbox.saml_idp import DemoSamlIdp
 from gateway.sandbox.skyprep import SkyPrepSimulator
-from tests.flows.agent import sign_in
+from tests.flows.agent import forms_of
+from tests.flows.balancer import ReplicaProxy, ResponseLog
 from tests.support.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
-BURST_KEY = "burst-litmos-api-key"
-HOP_BY_HOP = {
-    b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer",
-    b"proxy-authorization", b"proxy-authenticate", b"content-length", b"content-encoding",
-}  # fmt: skip
+BURST_KEY = "burst-damstra-access-key"
 
 
 # -- TOML --------------------------------------------------------------------------------------
@@ -78,7 +76,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return (
+            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
@@ -99,121 +99,6 @@ def to_toml(data: Mapping[str, Any], path: tuple[str, ...] = ()) -> str:
 def _is_table(value: Any) -> bool:
     # {"env": NAME} / {"file": PATH} secrets stay inline; every other dict is a table.
     return isinstance(value, Mapping) and not set(value) <= {"env", "file"}
-
-
-# -- what the simulators answered ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One request an LMS simulator received: arrival time (monotonic), path, status."""
-
-    at: float
-    method: str
-    path: str
-    status: int
-
-
-class ResponseLog:
-    """ASGI wrapper recording every request's arrival time and response status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.answers: list[Answer] = []
-        self._lock = threading.Lock()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        at = time.monotonic()
-
-        async def record(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                with self._lock:
-                    self.answers.append(
-                        Answer(at, scope["method"], scope["path"], int(message["status"]))
-                    )
-            await send(message)
-
-        await self.app(scope, receive, record)
-
-    def snapshot(self) -> list[Answer]:
-        with self._lock:
-            return list(self.answers)
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """The most events in any half-open window ``(t - window, t]`` (the simulators' view)."""
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
-# -- the load balancer -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProxyHit:
-    replica: str
-    method: str
-    path: str
-    status: int
-
-
-class ReplicaProxy:
-    """One public origin in front of the replicas: ``X-Replica: <name>`` picks one, otherwise
-    round-robin. Preserves Host, cookies and Location, adds X-Forwarded-For/Proto."""
-
-    def __init__(self, upstreams: Mapping[str, str]) -> None:
-        self.upstreams = dict(upstreams)
-        self._cycle = itertools.cycle(list(upstreams))
-        self.hits: list[ProxyHit] = []
-        self._client: httpx.AsyncClient | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    if self._client is not None:
-                        await self._client.aclose()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        assert scope["type"] == "http"
-        if self._client is None:  # built in the loop of the proxy's own thread
-            self._client = httpx.AsyncClient(
-                timeout=60, limits=httpx.Limits(max_connections=500, max_keepalive_connections=100)
-            )
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
-        chosen = dict(scope["headers"]).get(b"x-replica", b"").decode()
-        name = chosen if chosen in self.upstreams else next(self._cycle)
-        client_ip = (scope.get("client") or ("127.0.0.1", 0))[0]
-        headers += [(b"x-forwarded-for", client_ip.encode()), (b"x-forwarded-proto", b"http")]
-        url = self.upstreams[name] + scope["raw_path"].decode("latin-1")
-        if scope["query_string"]:
-            url += "?" + scope["query_string"].decode("latin-1")
-        upstream = await self._client.request(scope["method"], url, headers=headers, content=body)
-        self.hits.append(ProxyHit(name, scope["method"], scope["path"], upstream.status_code))
-        out = [(k, v) for k, v in upstream.headers.raw if k.lower() not in HOP_BY_HOP]
-        out += [
-            (b"content-length", str(len(upstream.content)).encode()),
-            (b"x-served-by", name.encode()),
-        ]
-        await send({"type": "http.response.start", "status": upstream.status_code, "headers": out})
-        await send({"type": "http.response.body", "body": upstream.content})
 
 
 # -- the replicas ------------------------------------------------------------------------------
@@ -255,7 +140,7 @@ class ReplicaStack:
     skyprep: SkyPrepSimulator
     damstra: DamstraSimulator
     litmos: LitmosSimulator
-    burst: LitmosSimulator
+    burst: DamstraSimulator
     answers: dict[str, ResponseLog]
     burst_limit: tuple[int, float]
     servers: list[Served] = field(default_factory=list)
@@ -290,14 +175,16 @@ def replica_stack(
 ) -> Iterator[ReplicaStack]:
     """Start peers, ``names`` replicas and the proxy; stop and remove everything on exit.
 
-    ``burst_limit`` is the ``burst`` Litmos tenant's (calls, window seconds) rate limit and
+    ``burst_limit`` is the ``burst`` Damstra tenant's (calls, window seconds) rate limit and
     ``burst_budget`` the ``[app.burst.budget]`` table of the gateway.
     """
     workdir = tempfile.TemporaryDirectory(prefix="gw-replicas-")
     servers: list[Served] = []
     replicas: dict[str, Replica] = {}
+    socks: dict[str, socket.socket] = {}
     try:
-        socks = {n: bind_port() for n in ("public", "oidc", "saml", "sky", "dam", "lit", "burst")}
+        for n in ("public", "oidc", "saml", "sky", "dam", "lit", "burst"):
+            socks[n] = bind_port()
         url = {n: f"http://127.0.0.1:{s.getsockname()[1]}" for n, s in socks.items()}
         public = url["public"]
         client_secret = secrets.token_urlsafe(24)
@@ -323,11 +210,10 @@ def replica_stack(
         skyprep = SkyPrepSimulator(SKYPREP_KEY, "demo.skyprepapp.com", login_base_url=url["sky"])
         damstra = DamstraSimulator(DAMSTRA_KEY, login_base_url=url["dam"])
         litmos = LitmosSimulator(LITMOS_KEY, login_base_url=url["lit"])
-        burst = LitmosSimulator(BURST_KEY, login_base_url=url["burst"])
+        burst = DamstraSimulator(BURST_KEY, login_base_url=url["burst"])
         # Scaled time: the simulators' limiter takes any window; see the burst test.
         burst.limiter = RateLimiter(burst_limit[0], burst_limit[1])
-        for tenant in (litmos, burst):
-            tenant.add_team("Safety team", "safety")
+        litmos.add_team("Safety team", "safety")
         answers = {n: ResponseLog(s.app) for n, s in
                    (("skyprep", skyprep), ("damstra", damstra), ("litmos", litmos),
                     ("burst", burst))}  # fmt: skip
@@ -346,11 +232,11 @@ def replica_stack(
             calls_per_minute=1000,
         )
         config["gateway"]["log_format"] = "json"
-        app = copy.deepcopy(config["app"]["litmos"])
-        app["display_name"] = "Litmos (burst tenant)"
-        app["litmos"].update(
-            api_key={"env": "BURST_LITMOS_KEY"},
-            api_url=f"{url['burst']}/v1.svc",
+        app = copy.deepcopy(config["app"]["damstra"])
+        app["display_name"] = "Damstra Learning (burst tenant)"
+        app["damstra"].update(
+            access_key={"env": "BURST_DAMSTRA_KEY"},
+            api_url=f"{url['burst']}/api/v2",
             login_host=url["burst"].split("//")[1],
         )
         app["budget"] = dict(burst_budget or {})
@@ -364,7 +250,7 @@ def replica_stack(
             "DEMO_SKYPREP_KEY": SKYPREP_KEY,
             "DEMO_DAMSTRA_KEY": DAMSTRA_KEY,
             "DEMO_LITMOS_KEY": LITMOS_KEY,
-            "BURST_LITMOS_KEY": BURST_KEY,
+            "BURST_DAMSTRA_KEY": BURST_KEY,
         }
 
         # Peers first: each replica fetches the IdP discovery when it starts.
@@ -397,6 +283,8 @@ def replica_stack(
             replica.stop()
         for served in reversed(servers):
             served.stop()
+        for sock in socks.values():  # those no server took over (closing twice is harmless)
+            sock.close()
         workdir.cleanup()
 
 
@@ -406,7 +294,14 @@ def replica_stack(
 def browser(replica: str | None = None) -> httpx.AsyncClient:
     """A fresh browser (cookie jar); pinned to one replica through the proxy, or round-robin."""
     headers = {"X-Replica": replica} if replica else {}
-    return httpx.AsyncClient(timeout=60, headers=headers)
+    # One TLS context for all (everything here is plain http): building one per client
+    # costs tens of milliseconds, which a burst of a hundred browsers would feel.
+    return httpx.AsyncClient(timeout=60, headers=headers, verify=_tls_context())
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 def pin(client: httpx.AsyncClient, replica: str | None) -> None:
@@ -432,12 +327,21 @@ def queue_refresh(page: httpx.Response) -> tuple[int, str] | None:
     return int(match.group(1)), str(page.url.join(target))
 
 
-async def sign_in_through_queue(
-    client: httpx.AsyncClient, start_url: str, sub: str, *, patience: float = 40.0
+async def up_to_callback(client: httpx.AsyncClient, start_url: str, sub: str) -> str:
+    """Start an OIDC sign-in at ``start_url`` and pick ``sub`` at the demo IdP; return the
+    gateway callback URL the IdP redirects to (not yet followed)."""
+    page = await client.get(start_url, follow_redirects=True)
+    (form,) = forms_of(page)
+    answer = await client.post(form.action, data={**form.fields, "sub": sub})
+    assert answer.status_code in (302, 303), answer.text[:400]
+    return answer.headers["location"]
+
+
+async def through_queue(
+    client: httpx.AsyncClient, page: httpx.Response, *, patience: float = 40.0
 ) -> tuple[httpx.Response, int]:
-    """Sign ``sub`` in from ``start_url``; on the queue page wait as long as it says and load
-    what it reloads, as a browser does. Returns the final page and how often it queued."""
-    page = await sign_in(client, start_url, sub)
+    """While ``page`` is the queue page, wait as long as it says and load what it reloads,
+    as a browser does. Returns the final page and how many times it queued."""
     queued = 0
     deadline = time.monotonic() + patience
     while (refresh := queue_refresh(page)) is not None:

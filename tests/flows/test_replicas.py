@@ -8,6 +8,7 @@ the load balancer and lets a test send each request to replica ``a`` or ``b`` (s
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from collections.abc import Iterator
 
@@ -16,22 +17,23 @@ import pytest
 
 from gateway.sandbox.employees import find_employee
 from tests.flows.agent import forms_of, sign_in
+from tests.flows.balancer import max_in_window
 from tests.flows.replicas import (
     ReplicaStack,
     browser,
-    max_in_window,
     pin,
     replica_stack,
-    sign_in_through_queue,
+    through_queue,
+    up_to_callback,
 )
 from tests.support.redis_server import RedisServer
 
-ALICE, BOB, CHLOE, DAN = "emp-1001", "emp-1002", "emp-1003", "emp-1004"
-ALLOWED = (ALICE, BOB, CHLOE, DAN)
+ALICE, BOB, CHLOE, OMAR = "emp-1001", "emp-1002", "emp-1003", "emp-1004"
+ALLOWED = (ALICE, BOB, CHLOE, OMAR)
 # Scaled time for the burst test: 100 calls per 6 s at the simulator stands for 100 per
 # minute; see test_burst_never_gets_a_429_or_503_and_everyone_gets_in for the budget.
 BURST_LIMIT = (100, 6.0)
-BURST_BUDGET = {"calls_per_minute": 500, "max_wait_seconds": 1.0}
+BURST_BUDGET = {"calls_per_minute": 450, "max_wait_seconds": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,11 @@ def name_of(sub: str) -> str:
     employee = find_employee(sub)
     assert employee is not None
     return employee.display_name
+
+
+def shows(page: httpx.Response, sub: str) -> bool:
+    """Whether the page names the employee (as the LMS's landing page does)."""
+    return name_of(sub) in html.unescape(page.text)
 
 
 def host_of(url: str) -> str:
@@ -74,8 +81,10 @@ def lms_users(stack: ReplicaStack, app: str, sub: str) -> int:
     employee = find_employee(sub)
     assert employee is not None
     sim = stack.sim(app)
-    if app == "damstra":
+    if app in ("damstra", "burst"):
         return sum(1 for u in sim.users.values() if u["emailAddress"] == employee.email)
+    if app == "skyprep":
+        return sum(1 for u in sim.users.values() if u.email.lower() == employee.email)
     return sum(1 for u in sim.users.values() if u.Email.lower() == employee.email)
 
 
@@ -124,13 +133,16 @@ async def test_saml_response_used_at_one_replica_is_refused_at_the_other(
             assert again.headers["x-served-by"] == second
             assert again.status_code in (400, 401), again.text[:400]
             assert "location" not in again.headers
-            assert "try again" in again.text.lower() or "start again" in again.text.lower()
+            assert "try again from the start" in again.text or "start again" in again.text
             assert "gw_session" not in again.headers.get("set-cookie", "")
     assert stack.skyprep.calls.count() == calls
     after = await metric(
         stack, second, 'gateway_replay_rejections_total{idp="demo-saml",kind="assertion"}'
     )
     assert after == replays + 2
+
+
+STATE_REPLAYS = 'gateway_replay_rejections_total{idp="demo-oidc",kind="state"}'
 
 
 @pytest.mark.parametrize(("first", "second"), [("a", "b"), ("b", "a")])
@@ -149,15 +161,14 @@ async def test_oidc_callback_used_at_one_replica_is_refused_at_the_other(
         assert used.status_code == 303 and used.headers["x-served-by"] == first
         assert host_of(used.headers["location"]) == lms_host(stack, "skyprep")
         calls = stack.skyprep.calls.count()
+        replays = await metric(stack, second, STATE_REPLAYS)
         pin(person, second)
         replay = await person.get(callback)
     assert replay.headers["x-served-by"] == second
     assert replay.status_code in (400, 401), replay.text[:400]
-    assert "already used" in replay.text or "start again" in replay.text
+    assert "try again from the start" in replay.text or "start again" in replay.text
     assert stack.skyprep.calls.count() == calls
-    assert await metric(
-        stack, second, 'gateway_replay_rejections_total{idp="demo-oidc",kind="state"}'
-    ) >= 1
+    assert await metric(stack, second, STATE_REPLAYS) == replays + 1
 
 
 # -- single flight across replicas --------------------------------------------------------------
@@ -185,16 +196,33 @@ async def test_five_simultaneous_first_sign_ins_across_replicas_create_one_accou
         pages = await asyncio.gather(
             *(c.get(url, follow_redirects=True) for c, url in zip(clients, callbacks, strict=True))
         )
+        assert lms_users(stack, app, CHLOE) == 1
+        # Every one of the five got a sign-in link from the gateway, from both replicas.
+        hops = [p.history[-1] for p in pages]
+        assert all(h.status_code == 303 and "callback" in h.url.path for h in hops)
+        assert all(host_of(h.headers["location"]) == lms_host(stack, app) for h in hops)
+        assert {h.headers["x-served-by"] for h in hops} == {"a", "b"}
+        landed = [shows(p, CHLOE) and p.status_code == 200 for p in pages]
+        if app == "litmos":
+            # Litmos keeps one LoginKey per user, valid until used ("the login key changes
+            # every time it is used"): five fetches before any browser opened it return the
+            # same key, so one browser gets in and Litmos refuses the others' link. Such a
+            # tab is signed in to the gateway, so clicking the app again gets a fresh key.
+            assert any(landed)
+            for i, page in enumerate(pages):
+                if not landed[i]:
+                    assert page.status_code == 401 and "already used" in page.text
+                    pages[i] = await clients[i].get(
+                        f"{stack.public_url}/login/{app}", follow_redirects=True
+                    )
+        for page in pages:
+            assert page.status_code == 200, page.text[:400]
+            assert host_of(str(page.url)) == lms_host(stack, app)
+            assert shows(page, CHLOE)
     finally:
         for client in clients:
             await client.aclose()
     assert lms_users(stack, app, CHLOE) == 1
-    for page in pages:
-        assert page.status_code == 200, page.text[:400]
-        assert host_of(str(page.url)) == lms_host(stack, app)
-        assert name_of(CHLOE) in page.text
-    served = {r.headers["x-served-by"] for p in pages for r in p.history if "callback" in r.url.path}
-    assert served == {"a", "b"}
 
 
 # -- LMS calls per sign-in ----------------------------------------------------------------------
@@ -208,26 +236,26 @@ RETURNING_OPERATION = {
 
 @pytest.mark.parametrize("app", ["skyprep", "damstra", "litmos"])
 async def test_lms_calls_per_sign_in_first_and_returning_across_replicas(
-    stack: ReplicaStack, app: str, record_property: pytest.RecordProperty
+    stack: ReplicaStack, app: str
 ) -> None:
     calls = stack.sim(app).calls
     start = f"{stack.public_url}/login/{app}?idp=demo-oidc"
-    assert lms_users(stack, app, DAN) == 0
+    assert lms_users(stack, app, OMAR) == 0
 
     async def signed_in(page: httpx.Response) -> None:
         assert page.status_code == 200, page.text[:400]
         assert host_of(str(page.url)) == lms_host(stack, app)
-        assert name_of(DAN) in page.text
+        assert shows(page, OMAR)
 
     async with browser("a") as first_browser, browser("b") as second_browser:
         before = calls.count()
-        await signed_in(await sign_in(first_browser, start, DAN))
+        await signed_in(await sign_in(first_browser, start, OMAR))
         first = calls.count() - before
-        assert lms_users(stack, app, DAN) == 1
+        assert lms_users(stack, app, OMAR) == 1
 
         # Returning, through the IdP again, at the replica that did not provision him.
         before = len(calls.operations())
-        await signed_in(await sign_in(second_browser, start, DAN))
+        await signed_in(await sign_in(second_browser, start, OMAR))
         returning_via_idp = calls.operations()[before:]
 
         # Returning with the session cookie issued by replica a, clicking at replica b.
@@ -238,8 +266,7 @@ async def test_lms_calls_per_sign_in_first_and_returning_across_replicas(
         assert host_of(stack.oidc_url) not in {r.url.netloc.decode() for r in again.history}
         returning_with_session = calls.operations()[before:]
 
-    record_property(f"lms_calls_first_{app}", first)
-    print(f"\n{app}: first sign-in {first} LMS call(s), returning 1")  # noqa: T201
+    print(f"\n{app}: first sign-in {first} LMS call(s), returning 1")
     assert first >= 1
     assert returning_via_idp == [RETURNING_OPERATION[app]]
     assert returning_with_session == [RETURNING_OPERATION[app]]
@@ -252,43 +279,52 @@ async def test_burst_never_gets_a_429_or_503_and_everyone_gets_in(stack: Replica
     """A 9:00 burst against a tenant that enforces its limit, time scaled by 10.
 
     The simulator allows 100 calls per sliding 6 s window (standing for 100 per minute). The
-    app's budget is 500 calls/min, which is a token bucket with a burst of 50 and a refill
-    of 450/min = 7.5/s: at most 50 + 7.5 * 6 = 95 calls in any 6 s window, under the 100.
-    (1000/min would not do: its bucket allows 100 + 15 * 6 = 190 calls in 6 s; the bucket is
-    shaped so a full *minute* never exceeds the budget.) ``max_wait_seconds`` is 1 s so the
-    queue page shows after a short wait. The demand is more than the simulator allows in one
-    window, so without the shared budget it would answer 503.
+    app's budget is 450 calls/min, a token bucket with a burst of 45 and a refill of
+    405/min = 6.75/s: at most 45 + 6.75 * 6 = 85.5 calls leave the gateways in any 6 s window,
+    leaving room for network jitter under the simulator's 100. (1000/min, "100 per 6 s",
+    would not do: its bucket allows 100 + 15 * 6 = 190 calls in 6 s; the bucket is shaped so
+    that a whole *minute* never exceeds the budget.) ``max_wait_seconds`` is 1 s so the queue
+    page shows after a short wait. Everyone first goes to the IdP, then all arrive back at
+    once; their demand (~110 calls) is more than the simulator allows in one window, so
+    without the shared budget it would answer 429.
     """
     limit, window = stack.burst_limit
-    sim, answers = stack.burst, stack.answers["burst"]
-    per_employee = 30
+    answers = stack.answers["burst"]
+    per_employee = 26
     people = [sub for sub in ALLOWED for _ in range(per_employee)]
     clients = [browser() for _ in people]  # round-robin over both replicas
-    started = time.monotonic()
     try:
-        results = await asyncio.gather(
+        # Everyone at the IdP first, then all arrive back at the gateway at once (9:00).
+        callbacks = await asyncio.gather(
             *(
-                sign_in_through_queue(c, f"{stack.public_url}/login/burst?idp=demo-oidc", sub)
+                up_to_callback(c, f"{stack.public_url}/login/burst?idp=demo-oidc", sub)
                 for c, sub in zip(clients, people, strict=True)
             )
+        )
+        started = time.monotonic()
+        pages = await asyncio.gather(
+            *(c.get(url, follow_redirects=True) for c, url in zip(clients, callbacks, strict=True))
+        )
+        results = await asyncio.gather(
+            *(through_queue(c, p) for c, p in zip(clients, pages, strict=True))
         )
     finally:
         for client in clients:
             await client.aclose()
     elapsed = time.monotonic() - started
 
-    api = [a for a in answers.snapshot() if a.path.startswith("/v1.svc/")]
+    api = [a for a in answers.snapshot() if a.path.startswith("/api/")]
     refused = [a for a in api if a.status in (429, 503)]
     assert not refused, f"{len(refused)} calls refused by the LMS\n{stack.logs()}"
     for (page, _), sub in zip(results, people, strict=True):
-        assert page.status_code == 200, page.text[:400]
+        assert page.status_code == 200, (page.url.path, page.text[-500:], stack.logs())
         assert host_of(str(page.url)) == lms_host(stack, "burst")
-        assert f"Signed in to Litmos as {name_of(sub)}" in page.text
+        assert f"Signed in to Damstra Learning as {name_of(sub)}" in html.unescape(page.text)
     for sub in ALLOWED:
         assert lms_users(stack, "burst", sub) == 1
     busiest = max_in_window([a.at for a in api], window)
     queued = sum(q for _, q in results)
-    print(  # noqa: T201
+    print(
         f"\nburst: {len(people)} sign-ins, {len(api)} LMS calls in {elapsed:.1f}s, "
         f"busiest {window:g}s window {busiest}/{limit}, {queued} queue-page reloads"
     )
@@ -352,12 +388,11 @@ async def test_redis_down_refuses_sign_ins_and_recovers_without_restarting_gatew
                 page = await sign_in(newcomer, start, ALICE)
                 assert page.status_code == 200, page.text[:400]
                 assert host_of(str(page.url)) == lms_host(stack, "skyprep")
-                assert name_of(ALICE) in page.text
+                assert shows(page, ALICE)
             pin(signed_in_before, replica)
             again = await signed_in_before.get(
                 f"{stack.public_url}/login/skyprep", follow_redirects=True
             )
-            assert again.status_code == 200 and name_of(ALICE) in again.text
+            assert again.status_code == 200 and shows(again, ALICE)
     assert {n: r.process.pid for n, r in stack.replicas.items()} == pids
     assert all(r.process.poll() is None for r in stack.replicas.values())
-
