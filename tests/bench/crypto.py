@@ -37,7 +37,7 @@ def _median_seconds(fn: Callable[[], object], budget: float) -> float:
     fn()
     one = max(time.perf_counter() - started, 1e-6)
     batch = max(1, int(0.02 / one))
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + budget
     while time.perf_counter() < deadline or len(times) < 5:
         t0 = time.perf_counter()

@@ -130,7 +130,7 @@ class Peer:
 def build(role: str, url: str, gateway: str, metadata_out: str | None) -> Peer:
     """The peer for ``role`` reachable at ``url``, trusting the gateway at ``gateway``."""
     if role == "oidc":
-        oidc_idp.find_employee = bench_employee  # type: ignore[assignment]
+        oidc_idp.find_employee = bench_employee  # type: ignore[attr-defined]
         client = oidc_idp.DemoClient(
             os.environ["DEMO_OIDC_SECRET"],
             (f"{gateway}/auth/demo-oidc/callback",),
@@ -139,7 +139,7 @@ def build(role: str, url: str, gateway: str, metadata_out: str | None) -> Peer:
         provider = oidc_idp.DemoOidcProvider(url, {OIDC_CLIENT_ID: client}, demo_mode=True)
         return Peer(provider.app, None, None)
     if role == "saml":
-        saml_idp.find_employee = bench_employee  # type: ignore[assignment]
+        saml_idp.find_employee = bench_employee  # type: ignore[attr-defined]
         idp = saml_idp.DemoSamlIdp(
             f"{url}/metadata",
             url,

@@ -47,27 +47,37 @@ def top_functions(speedscope: Path, limit: int = 40) -> str:
     return "\n".join(lines)
 
 
-# (label, substrings of "file:function" any frame of a sample may match), first match wins.
-CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    (
-        "logging (audit, access log, events)",
-        ("/logging/", "observability.py:log_event", "observability.py:audit"),
-    ),
+# (label, substrings of "file:function"). The SPECIFIC ones win when any frame of a sample
+# matches (first listed first); otherwise the leaf-most frame matching a GENERIC one decides.
+SPECIFIC: list[tuple[str, tuple[str, ...]]] = [
+    ("logging (access log, audit, events)", ("/logging/",)),
     ("SAML: signature verify (xmlsec)", ("saml_signature.py:verify_signature",)),
     ("SAML: schema validation", ("saml_xml.py:validate_schema",)),
     ("SAML: rest of validate_response", ("saml_checks.py:",)),
     ("OIDC: ID token verify (joserfc)", ("jwks.py:verify_id_token",)),
     ("outgoing HTTP client (httpx/httpcore/anyio)", ("/httpx/", "/httpcore/", "/anyio/")),
     ("session cookie (itsdangerous)", ("/itsdangerous/",)),
-    ("store (memory)", ("store/memory.py:",)),
-    ("gateway code (handlers, auth, connectors, ...)", ("/gateway/",)),
+]
+GENERIC: list[tuple[str, tuple[str, ...]]] = [
+    ("gateway code (handlers, auth, connectors, store)", ("/gateway/",)),
     ("HTTP server (uvicorn h11, starlette)", ("/uvicorn/", "/h11/", "/starlette/")),
     ("event loop, sockets", ("/asyncio/", "selectors.py")),
 ]
 
 
+def _label(names: list[str]) -> str:
+    for label, marks in SPECIFIC:
+        if any(m in n for n in names for m in marks):
+            return label
+    for name in reversed(names):  # leaf first
+        for label, marks in GENERIC:
+            if any(m in name for m in marks):
+                return label
+    return "other"
+
+
 def breakdown(speedscope: Path) -> list[tuple[str, float]]:
-    """Share of samples per :data:`CATEGORIES` entry (plus "other")."""
+    """Share of samples per category (see SPECIFIC and GENERIC)."""
     data = json.loads(speedscope.read_text())
     frames = [f"{f.get('file', '?')}:{f['name']}" for f in data["shared"]["frames"]]
     shares: Counter[str] = Counter()
@@ -75,12 +85,7 @@ def breakdown(speedscope: Path) -> list[tuple[str, float]]:
     for profile in data["profiles"]:
         for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
             count += weight
-            names = [frames[i] for i in stack]
-            label = next(
-                (label for label, marks in CATEGORIES if any(m in n for n in names for m in marks)),
-                "other",
-            )
-            shares[label] += weight
+            shares[_label([frames[i] for i in stack])] += weight
     return [(label, 100 * n / count) for label, n in shares.most_common()]
 
 

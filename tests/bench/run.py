@@ -201,10 +201,12 @@ class Bench:
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     def per_core(proto: str) -> float:
-        return min(
-            r["per_core"]
-            for r in report["throughput"]
-            if r["protocol"] == proto and r["phase"] == "returning"
+        return float(
+            min(
+                r["per_core"]
+                for r in report["throughput"]
+                if r["protocol"] == proto and r["phase"] == "returning"
+            )
         )
 
     realistic = {r["concurrency"]: r for r in report["realistic"]}
