@@ -76,19 +76,25 @@ class Budget:
         started = self._clock()
         deadline = started + self.settings.max_wait_seconds
         while True:
-            wait, self.tokens_left = await self._store.take_token(
-                self._key, self.refill_per_minute, self.burst
+            remaining = max(0.0, deadline - self._clock())
+            # Reserve a token that matures within our bound: waiters are then served in the
+            # order they reached the store (first come, first served), on every replica.
+            wait, self.tokens_left, taken = await self._store.take_token(
+                self._key, self.refill_per_minute, self.burst, remaining
             )
-            if wait <= 0:
+            if taken:
+                if wait > 0:
+                    await self._sleep(wait)
                 return self._clock() - started
-            remaining = deadline - self._clock()
             if wait > remaining:
+                # The queue is longer than we may wait: the queue page comes back when this
+                # token would have matured, so earlier arrivals come back earlier.
                 raise BudgetExhausted(
                     f"LMS budget of app {self.app} spent; next call in {wait:.1f}s",
                     retry_after=max(1.0, wait),
                 )
-            # At least a millisecond: a token a hair short of whole (float rounding) would
-            # otherwise ask for a sleep shorter than the clock ticks, and spin on the store.
+            # Paused by a 429/503 (nothing reserved): wait it out, then queue up. At least a
+            # millisecond, so float rounding can never make this spin on the store.
             await self._sleep(max(wait, 0.001))
 
     async def pause(self, seconds: float) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.errors import ConfigError, GatewayError
 
@@ -44,28 +45,18 @@ def serve(path: str, host: str, port: int, workers: int) -> int:
             print(f"config: {problem}", file=sys.stderr)
         return 1
     configure_logging(settings.gateway.log_level, settings.gateway.log_format)
+    # No uvicorn access log: it prints whole request lines, and the OIDC callback's query
+    # carries the authorization code and state. Our own log lines carry the request id.
+    options: dict[str, Any] = {
+        "host": host, "port": port, "log_config": None, "access_log": False,
+        "proxy_headers": True, "server_header": False,
+    }
     if workers > 1:
         # Each worker re-reads the file (uvicorn imports the factory in every process).
         os.environ["GATEWAY_CONFIG"] = path
-        uvicorn.run(
-            "gateway.cli:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=None,
-            proxy_headers=True,
-            server_header=False,
-        )
+        uvicorn.run("gateway.cli:app_from_env", factory=True, workers=workers, **options)
     else:
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_config=None,
-            proxy_headers=True,
-            server_header=False,
-        )
+        uvicorn.run(create_app(settings), **options)
     return 0
 
 

@@ -210,10 +210,10 @@ class CountingStore(MemoryStore):
         self.takes = 0
 
     async def take_token(
-        self, key: str, per_minute: float, capacity: float
-    ) -> tuple[float, float]:
+        self, key: str, per_minute: float, capacity: float, max_wait: float = 0.0
+    ) -> tuple[float, float, bool]:
         self.takes += 1
-        return await super().take_token(key, per_minute, capacity)
+        return await super().take_token(key, per_minute, capacity, max_wait)
 
 
 def circuit_budget(clock: FakeClock, store: MemoryStore | None = None) -> Budget:

@@ -135,6 +135,25 @@ async def test_token_bucket_never_admits_more_than_burst_plus_rate(stores: Store
     assert admitted >= 5 + 10 * 0.6 - 3
 
 
+async def test_reservations_are_granted_in_arrival_order(stores: StorePair) -> None:
+    """Callers willing to wait reserve the next tokens in the order they reach the store
+    (first come, first served across replicas); a caller who may not wait that long
+    reserves nothing and is told when to come back."""
+    one, two = stores
+    for _ in range(5):
+        assert (await one.take_token("queue", 600, 5))[2]  # the burst: 5 tokens
+    answers = [await (one if i % 2 else two).take_token("queue", 600, 5, 10.0) for i in range(4)]
+    waits = [wait for wait, _, _ in answers]
+    assert all(taken for _, _, taken in answers)
+    assert waits == sorted(waits) and waits[0] > 0.0
+    # 600/min = one token every 0.1 s: each reservation matures one interval after the last
+    assert [round(b - a, 2) for a, b in zip(waits, waits[1:])] == [0.1, 0.1, 0.1]
+    wait, left, taken = await one.take_token("queue", 600, 5, 0.05)
+    assert not taken and wait > waits[-1] and left < 0
+    again, _, taken_again = await two.take_token("queue", 600, 5, 10.0)
+    assert taken_again and abs(again - (waits[-1] + 0.1)) < 0.05  # the refused one took no slot
+
+
 async def test_bucket_refills_up_to_capacity_only(store: Store) -> None:
     for _ in range(3):
         assert (await store.take_token("cap", 600, 3))[0] == 0.0
@@ -151,7 +170,7 @@ async def test_pause_holds_every_caller_then_refills_from_empty(stores: StorePai
     answers = await asyncio.gather(
         *((one if i % 2 else two).take_token("paused", 60, 5) for i in range(20))
     )
-    waits = [wait for wait, _ in answers]
+    waits = [answer[0] for answer in answers]
     spent = time.monotonic() - started
     assert all(0.4 - spent - 0.01 <= w <= 0.4 for w in waits)
     await asyncio.sleep(max(waits) + 0.02)

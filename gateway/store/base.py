@@ -31,12 +31,16 @@ class Store(Protocol):
         """Remove the key if present."""
 
     async def take_token(
-        self, key: str, per_minute: float, capacity: float
-    ) -> tuple[float, float]:
-        """Token bucket: take one token. Returns ``(wait, tokens_left)``: wait is 0.0 when
-        the token was taken, else the seconds until one is free (nothing taken).
+        self, key: str, per_minute: float, capacity: float, max_wait: float = 0.0
+    ) -> tuple[float, float, bool]:
+        """Token bucket: take (or reserve) one token. Returns ``(wait, tokens_left, taken)``.
 
-        The bucket refills at ``per_minute`` tokens per minute up to ``capacity``.
+        A token available now is taken (wait 0). One that matures within ``max_wait`` seconds
+        is *reserved*: the bucket goes below zero, ``taken`` is True and the caller must wait
+        ``wait`` seconds before using it. Reservations are granted in the order calls reach
+        the store, which makes waiting callers first come, first served, and the calls still
+        follow the bucket's schedule. Otherwise nothing is taken and ``wait`` says when to
+        come back. The bucket refills at ``per_minute`` tokens per minute up to ``capacity``.
         """
 
     async def pause_bucket(self, key: str, seconds: float) -> None:

@@ -61,19 +61,24 @@ class MemoryStore:
         self._data.pop(key, None)
 
     async def take_token(
-        self, key: str, per_minute: float, capacity: float
-    ) -> tuple[float, float]:
+        self, key: str, per_minute: float, capacity: float, max_wait: float = 0.0
+    ) -> tuple[float, float, bool]:
         now = self._clock()
         tokens, last, paused_until = self._buckets.get(key, (capacity, now, 0.0))
         if now < paused_until:
-            return paused_until - now, 0.0
+            return paused_until - now, 0.0, False
         rate = per_minute / 60.0
         tokens = min(capacity, tokens + (now - max(last, paused_until)) * rate)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now, paused_until)
-            return 0.0, tokens - 1.0
+            return 0.0, tokens - 1.0, True
+        wait = (1.0 - tokens) / rate if rate > 0 else 60.0
+        if wait <= max_wait:
+            # A reservation: the bucket goes below zero and the caller waits ``wait``.
+            self._buckets[key] = (tokens - 1.0, now, paused_until)
+            return wait, tokens - 1.0, True
         self._buckets[key] = (tokens, now, paused_until)
-        return ((1.0 - tokens) / rate if rate > 0 else 60.0), tokens
+        return wait, tokens, False
 
     async def pause_bucket(self, key: str, seconds: float) -> None:
         now = self._clock()

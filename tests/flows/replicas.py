@@ -149,9 +149,12 @@ class ReplicaStack:
         """The simulator behind ``app`` (skyprep, damstra, litmos, burst)."""
         return getattr(self, app)
 
-    def logs(self) -> str:
-        """The tail of every replica's log, for assertion messages."""
-        return "\n".join(f"--- replica {r.name}\n{r.log_tail()}" for r in self.replicas.values())
+    def logs(self, *, full: bool = False) -> str:
+        """Every replica's log (the tail only, for assertion messages, unless ``full``)."""
+        size = 1 << 30 if full else 3000
+        return "\n".join(
+            f"--- replica {r.name}\n{r.log_tail(size)}" for r in self.replicas.values()
+        )
 
 
 def _wait_ready(replica: Replica, deadline: float) -> None:

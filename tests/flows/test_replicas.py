@@ -11,6 +11,7 @@ import asyncio
 import html
 import time
 from collections.abc import Iterator
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -169,6 +170,11 @@ async def test_oidc_callback_used_at_one_replica_is_refused_at_the_other(
     assert "try again from the start" in replay.text or "start again" in replay.text
     assert stack.skyprep.calls.count() == calls
     assert await metric(stack, second, STATE_REPLAYS) == replays + 1
+    # `gateway serve` logs nothing of the callback's query: no code, no state (uvicorn's
+    # access log, which prints whole request lines, is off).
+    query = dict(parse_qsl(urlsplit(callback).query))
+    for name in ("code", "state"):
+        assert query[name] not in stack.logs(full=True), name
 
 
 # -- single flight across replicas --------------------------------------------------------------
