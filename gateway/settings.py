@@ -135,7 +135,9 @@ class OidcIdpSettings:
     algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256")
     leeway_seconds: Annotated[int, Field(ge=0, le=300)] = 60
     max_token_age_seconds: Annotated[int, Field(ge=30, le=86400)] = 600
-    fetch_userinfo: bool = True
+    # Call the userinfo endpoint: "auto" only when the ID token lacks a claim the mapping
+    # reads (one IdP round trip saved per sign-in otherwise), "always", or "never".
+    userinfo: Literal["auto", "always", "never"] = "auto"
     # After POST /logout, continue to the IdP's end_session_endpoint when it has one.
     end_session: bool = False
     # Least time between two JWKS fetches triggered by an unknown ``kid``.

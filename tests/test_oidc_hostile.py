@@ -586,3 +586,32 @@ async def test_oversized_discovery_answer_refused() -> None:
     harness.idp.discovery_extra = {"padding": "x" * 1_100_000}
     await harness.door.start()
     assert not harness.door.ready
+
+
+# --- when userinfo is called ------------------------------------------------------------
+
+
+FULL_ID_TOKEN = {"given_name": "Ada", "family_name": "Lovelace", "groups": ["staff"],
+                 "employee_number": "E42"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "id_token_has_everything", "calls"),
+    [("auto", True, 0), ("auto", False, 1), ("always", True, 1), ("never", False, 0)],
+)
+async def test_userinfo_only_when_the_mapping_needs_it(
+    mode: str, id_token_has_everything: bool, calls: int
+) -> None:
+    """"auto" saves an IdP round trip when the ID token already carries every mapped claim."""
+    h = Harness(userinfo=mode)
+    await h.door.start()
+    if id_token_has_everything:
+        h.idp.claims_patch = dict(FULL_ID_TOKEN)
+    params, cookie = await h.callback()
+    identity, _ = await h.door.complete(params, cookie)
+    assert h.idp.calls["/userinfo"] == calls
+    assert identity.email == "ada@example.com"
+    if calls or id_token_has_everything:
+        assert identity.given_name == "Ada" and identity.groups[0] == "staff"
+    else:
+        assert identity.given_name is None  # "never": only what the ID token said

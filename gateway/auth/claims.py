@@ -138,6 +138,14 @@ def _groups(claims: Mapping[str, Any], preset: Preset, idp: str) -> tuple[str, .
     return tuple(dict.fromkeys(g for g in groups if g))
 
 
+def missing_claims(claims: Mapping[str, Any], preset: Preset) -> bool:
+    """True when a field the mapping reads has none of its candidate claims in ``claims``
+    (the ID token): then userinfo may carry it."""
+    fields = (preset.email, preset.given_name, preset.family_name, preset.employee_number,
+              preset.groups)
+    return any(_first(claims, names) is None for names in fields)
+
+
 def map_identity(
     idp: str, claims: Mapping[str, Any], preset: Preset
 ) -> Identity:

@@ -36,7 +36,7 @@ import httpx
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from gateway.auth.base import LoginRequest, Redirect, browser_matches, new_browser_token
-from gateway.auth.claims import map_identity, preset_for
+from gateway.auth.claims import map_identity, missing_claims, preset_for
 from gateway.auth.jwks import (
     JwksCache,
     allowed_algorithms,
@@ -279,7 +279,7 @@ class OidcFrontDoor:
             max_age=self._settings.max_token_age_seconds,
         )
         await self._check_nonce(claims.get("nonce"), pending["nonce"])
-        if self._settings.fetch_userinfo and discovery.userinfo_endpoint:
+        if discovery.userinfo_endpoint and self._wants_userinfo(claims):
             userinfo = await self._userinfo(discovery.userinfo_endpoint, tokens, claims["sub"])
             claims = {**userinfo, **claims}  # the verified ID token wins on every conflict
         identity = map_identity(self.name, claims, self._preset)
@@ -326,6 +326,10 @@ class OidcFrontDoor:
         if not isinstance(body.get("id_token"), str):
             raise TokenValidationError("token response carries no id_token")
         return body
+
+    def _wants_userinfo(self, claims: Mapping[str, Any]) -> bool:
+        mode = self._settings.userinfo
+        return mode == "always" or (mode == "auto" and missing_claims(claims, self._preset))
 
     async def _userinfo(
         self, endpoint: str, tokens: Mapping[str, Any], sub: str

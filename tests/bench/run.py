@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-userinfo",
         action="store_true",
-        help="experiment: OIDC fetch_userinfo = false (default is true)",
+        help="experiment: OIDC userinfo = \"never\" (default auto)",
     )
     args = parser.parse_args(argv)
     if args.workers > 1 and args.store == "memory":
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = BenchStack(
         workers=args.workers,
         store=args.store,
-        idp_overrides={"fetch_userinfo": False} if args.no_userinfo else {},
+        idp_overrides={"userinfo": "never"} if args.no_userinfo else {},
     )
     meta = {
         **machine(),
