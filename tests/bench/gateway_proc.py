@@ -117,6 +117,7 @@ def main() -> None:
         factory=True,
         workers=args.workers,
         log_config=None,
+        access_log=False,
         proxy_headers=True,
         server_header=False,
         backlog=4096,
