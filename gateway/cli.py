@@ -44,6 +44,13 @@ def serve(path: str, host: str, port: int, workers: int) -> int:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
         return 1
+    if workers > 1 and settings.store.backend == "memory":
+        print(
+            "config: store.backend: --workers > 1 needs the redis store (a sign-in may start "
+            "in one worker and finish in another)",
+            file=sys.stderr,
+        )
+        return 1
     configure_logging(settings.gateway.log_level, settings.gateway.log_format)
     # No uvicorn access log: it prints whole request lines, and the OIDC callback's query
     # carries the authorization code and state. Our own log lines carry the request id.

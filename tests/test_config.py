@@ -161,3 +161,26 @@ def test_invalid_toml_is_one_clear_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(str(bad), ENV)
     assert "not valid TOML" in info.value.problems[0]
+
+
+def test_serve_refuses_several_workers_on_the_memory_store() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(ROOT / "config" / "gateway.example.toml"),
+            "--workers",
+            "2",
+            "--port",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "--workers > 1 needs the redis store" in result.stderr
