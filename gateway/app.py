@@ -26,9 +26,10 @@ from gateway.auth.saml import SamlFrontDoor
 from gateway.auth.session import SessionManager
 from gateway.budget import Budget
 from gateway.connectors import CONNECTORS
-from gateway.connectors._http import LmsHttp, build_client
+from gateway.connectors._http import LmsHttp, build_client, no_cookies
 from gateway.connectors.base import Connector
 from gateway.errors import GatewayError, NotFound
+from gateway.http_transport import AiohttpTransport
 from gateway.observability import Metrics, request_id_var
 from gateway.provisioning import Provisioner
 from gateway.settings import AppSettings, OidcIdpSettings, Settings
@@ -108,7 +109,8 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
     # One CA store (certifi, as httpx would use) for every client: each costs ~0.2 s to build.
     tls = ssl.create_default_context(cafile=certifi.where())
     idp_client = httpx.AsyncClient(
-        verify=tls,
+        transport=AiohttpTransport(verify=tls, max_connections=200),
+        cookies=no_cookies(),
         timeout=httpx.Timeout(10.0, connect=5.0),
         follow_redirects=False,
         headers={"User-Agent": "gateway/0.1 (+sso)"},

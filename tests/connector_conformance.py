@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from gateway.budget import Budget
-from gateway.connectors._http import LmsHttp, same_origin
+from gateway.connectors._http import LmsHttp, build_client, same_origin
 from gateway.connectors.base import Connector, LmsAccount, ProvisionAction
 from gateway.connectors.damstra import DamstraConnector
 from gateway.connectors.litmos import LitmosConnector
@@ -109,7 +109,8 @@ def profile(n: int | str = 1, **changes: Any) -> Profile:
 def _client(app: Any, options: CaseOptions, served: bool) -> httpx.AsyncClient:
     timeout = httpx.Timeout(options.read_timeout, connect=2.0)
     if served:
-        return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        # The production client (aiohttp transport), so timeouts are the real ones.
+        return build_client(HttpSettings(connect_timeout=2.0, read_timeout=options.read_timeout))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), timeout=timeout)
 
 

@@ -7,6 +7,7 @@ refill at 600/min (one token per 100 ms) and TTLs are a few hundred milliseconds
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -147,7 +148,7 @@ async def test_reservations_are_granted_in_arrival_order(stores: StorePair) -> N
     assert all(taken for _, _, taken in answers)
     assert waits == sorted(waits) and waits[0] > 0.0
     # 600/min = one token every 0.1 s: each reservation matures one interval after the last
-    assert [round(b - a, 2) for a, b in zip(waits, waits[1:])] == [0.1, 0.1, 0.1]
+    assert [round(b - a, 2) for a, b in itertools.pairwise(waits)] == [0.1, 0.1, 0.1]
     wait, left, taken = await one.take_token("queue", 600, 5, 0.05)
     assert not taken and wait > waits[-1] and left < 0
     again, _, taken_again = await two.take_token("queue", 600, 5, 10.0)

@@ -19,6 +19,7 @@ import random
 import ssl
 import time
 from collections.abc import Collection, Mapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ from gateway.errors import (
     LmsRejected,
     LmsUnavailable,
 )
+from gateway.http_transport import AiohttpTransport
 from gateway.observability import Metrics, log_event
 from gateway.settings import HttpSettings
 
@@ -50,15 +52,18 @@ def build_client(
     context: building a CA store costs ~0.2 s per client."""
     return httpx.AsyncClient(
         base_url=base_url,
-        verify=verify,
+        transport=AiohttpTransport(verify=verify, max_connections=settings.max_connections),
         timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-        limits=httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-        ),
         follow_redirects=False,
         headers={"User-Agent": "gateway/0.1 (+sso)"},
+        cookies=no_cookies(),
     )
+
+
+def no_cookies() -> CookieJar:
+    """A cookie jar that keeps nothing: one client serves every employee, so a cookie an
+    LMS or IdP sets for one call must never ride along on another employee's call."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 def parse_retry_after(value: str | None, default: float = 60.0) -> float:
