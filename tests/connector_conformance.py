@@ -106,6 +106,16 @@ def profile(n: int | str = 1, **changes: Any) -> Profile:
     return Profile(**base)
 
 
+def fault_hooks(sim: Any) -> dict[str, Any]:
+    """The fault-injection hooks every simulator offers through ``sandbox._common``."""
+    return {
+        "fail_next": lambda status, times: sim.faults.fail_next(status, times=times),
+        "malformed_next": lambda times: sim.faults.malformed_next(times),
+        "set_delay": lambda s: setattr(sim.faults, "delay", s),
+        "set_rate_limit": lambda n: setattr(sim.limiter, "limit", n),
+    }
+
+
 def _client(app: Any, options: CaseOptions, served: bool) -> httpx.AsyncClient:
     timeout = httpx.Timeout(options.read_timeout, connect=2.0)
     if served:
@@ -142,10 +152,7 @@ async def skyprep_case(options: CaseOptions) -> AsyncIterator[Harness]:
             dev_mode=served is not None, secrets=(API_KEY,),
             lms_calls=lambda: len(sim.calls), account_count=lambda: len(sim.users),
             delete_user=lambda account: sim.delete_user(account.user_id),
-            fail_next=lambda status, times: sim.faults.fail_next(status, times=times),
-            malformed_next=lambda times: sim.faults.malformed_next(times),
-            set_delay=lambda s: setattr(sim.faults, "delay", s),
-            set_rate_limit=lambda n: setattr(sim.limiter, "limit", n),
+            **fault_hooks(sim),
             set_link_base=set_link_base, open_link=link_client.get,
             recreates_deleted=True,
         )
@@ -184,10 +191,7 @@ async def litmos_case(options: CaseOptions) -> AsyncIterator[Harness]:
             dev_mode=served is not None, secrets=(API_KEY,),
             lms_calls=lambda: len(sim.calls), account_count=lambda: len(sim.users),
             delete_user=lambda account: sim.delete_user(account.user_id),
-            fail_next=lambda status, times: sim.faults.fail_next(status, times=times),
-            malformed_next=lambda times: sim.faults.malformed_next(times),
-            set_delay=lambda s: setattr(sim.faults, "delay", s),
-            set_rate_limit=lambda n: setattr(sim.limiter, "limit", n),
+            **fault_hooks(sim),
             set_link_base=set_link_base, open_link=link_client.get,
         )
     finally:
@@ -224,10 +228,7 @@ async def damstra_case(options: CaseOptions) -> AsyncIterator[Harness]:
             dev_mode=served is not None, secrets=(API_KEY,),
             lms_calls=lambda: len(sim.calls), account_count=lambda: len(sim.users),
             delete_user=lambda account: sim.delete_user(int(account.user_id)),
-            fail_next=lambda status, times: sim.faults.fail_next(status, times=times),
-            malformed_next=lambda times: sim.faults.malformed_next(times),
-            set_delay=lambda s: setattr(sim.faults, "delay", s),
-            set_rate_limit=lambda n: setattr(sim.limiter, "limit", n),
+            **fault_hooks(sim),
             set_link_base=set_link_base, open_link=link_client.get,
         )
     finally:
