@@ -303,7 +303,11 @@ def banner(stack: DemoStack) -> str:
             f"  {g}/login/skyprep    sign in to the SkyPrep simulator",
             f"  {g}/login/damstra    sign in to the Damstra Learning simulator",
             f"  {g}/login/litmos     sign in to the Litmos simulator",
-            f"  {g}/login/litmos?target=course:<id>   deep link to a Litmos course",
+            *(
+                f"  {g}/login/litmos?target=course:{course.OriginalId}   "
+                f"straight into the course \"{course.Name}\""
+                for course in stack.litmos.courses.values()
+            ),
             f"  {stack.portal_url}/          a portal page embedding Bob Brown's lesson player",
             f"  {stack.saml_url}/          the demo SAML IdP (IdP-initiated sign-in)",
             "Pick any employee; Dana Visitor shows the access-denied page.",
