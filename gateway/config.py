@@ -15,13 +15,14 @@ from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, UnsafeTarget
 from gateway.settings import (
     AppSettings,
     OidcIdpSettings,
     SamlIdpSettings,
     Settings,
 )
+from gateway.targets import check_target
 
 _ADAPTER: TypeAdapter[Settings] | None = None
 
@@ -188,6 +189,11 @@ def _app_problems(key: str, app: AppSettings, settings: Settings, dev: bool) -> 
     for domain in app.allowed_email_domains:
         if domain != domain.lower() or domain.startswith("@") or "." not in domain:
             problems.append(f"{key}.allowed_email_domains: {domain!r} must be a lower-case domain")
+    if app.default_target is not None:
+        try:
+            check_target(app.default_target)
+        except UnsafeTarget:
+            problems.append(f"{key}.default_target: must look like kind:id (e.g. course:1234)")
     connector_settings = getattr(app, app.connector)
     if connector_settings is not None:
         problems.append(

@@ -184,3 +184,11 @@ def test_serve_refuses_several_workers_on_the_memory_store() -> None:
     )
     assert result.returncode == 1
     assert "--workers > 1 needs the redis store" in result.stderr
+
+
+def test_default_target_must_be_a_deep_link_form() -> None:
+    data = minimal()
+    data["app"]["training"]["default_target"] = "https://evil.example/"
+    assert "app.training.default_target: must look like kind:id (e.g. course:1234)" in problems_of(
+        data
+    )
