@@ -35,7 +35,7 @@ from gateway.provisioning import Provisioner
 from gateway.settings import AppSettings, OidcIdpSettings, Settings
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
-from gateway.web import embed_handlers, handlers
+from gateway.web import embed_handlers, handlers, responses
 from gateway.web.pages import STATIC_DIR, Pages
 
 log = logging.getLogger("gateway")
@@ -259,8 +259,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
         routes=routes,
         middleware=[Middleware(RequestContext, secure=settings.gateway.cookie_secure)],
         exception_handlers={
-            GatewayError: handlers.gateway_error,
-            Exception: handlers.internal_error,
+            GatewayError: responses.gateway_error,
+            Exception: responses.internal_error,
         },
         lifespan=lifespan,
     )

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import embed
 from gateway.errors import GatewayError, NotFound
 from gateway.policy import profile_for
-from gateway.web.handlers import NO_STORE, gateway_error_response, services
+from gateway.web.responses import NO_STORE, gateway_error_response, services
 
 if TYPE_CHECKING:
     from gateway.app import AppRuntime
