@@ -335,9 +335,12 @@ async def test_portal_api_routes_with_credentials_and_cors(demo: DemoStack) -> N
         names = [s["name"] for s in listed.json()["lessonSchedules"]]
         assert names == ["Site safety induction", "Working at heights"]
         first = listed.json()["lessonSchedules"][0]["id"]
+        searches = demo.damstra.calls.count("search_users")
         embedded = await client.get(f"{api}/{first}/embed",
                                     params={"employee": "bob.brown@example.com"}, headers=auth)
         assert embedded.status_code == 200 and embedded.headers["cache-control"] == "no-store"
+        # the employee found for the list is remembered: no second LMS search for the embed
+        assert demo.damstra.calls.count("search_users") == searches == 1
         player = await client.get(embedded.json()["embedUrl"])
         assert "lesson player: Site safety induction" in player.text
 

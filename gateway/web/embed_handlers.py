@@ -12,6 +12,7 @@ portal page can read them.
 
 from __future__ import annotations
 
+import hashlib
 import html
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -28,14 +29,34 @@ from gateway.web.responses import NO_STORE, gateway_error_response, services
 
 if TYPE_CHECKING:
     from gateway.app import AppRuntime
+    from gateway.store.base import Store
 
 
-def _resolver(runtime: AppRuntime) -> Callable[[str], Awaitable[str]]:
-    find = getattr(runtime.connector, "find_user_id", None)
+# How long the portal API remembers e-mail -> LMS user id (each lookup is an LMS search).
+PORTAL_USER_CACHE_SECONDS = 3600
+
+
+def _resolver(runtime: AppRuntime, store: Store) -> Callable[[str], Awaitable[str]]:
+    """The employee's LMS user id by e-mail, cached in the store: a portal drawing its page
+    then spends its LMS calls on lessons, not on finding the same employee again."""
+    find: Callable[[str], Awaitable[str]] | None = getattr(runtime.connector, "find_user_id", None)
     if find is None:
         raise NotFound(f"app {runtime.name} has no embeddable lessons")
-    resolver: Callable[[str], Awaitable[str]] = find
-    return resolver
+    lookup = find
+    ttl = min(PORTAL_USER_CACHE_SECONDS, runtime.settings.account_cache_seconds)
+
+    async def resolve(email: str) -> str:
+        digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+        key = f"portal-user:{runtime.name}:{digest}"
+        cached = await store.get(key) if ttl else None
+        if cached is not None:
+            return cached.decode()
+        user_id = await lookup(email)
+        if ttl:
+            await store.set(key, user_id.encode(), ttl)
+        return user_id
+
+    return resolve
 
 
 async def embed_page(request: Request) -> Response:
@@ -105,7 +126,7 @@ async def api_lesson_schedules(request: Request) -> Response:
         return await embed.portal_lesson_schedules(
             runtime.connector,
             runtime.name,
-            _resolver(runtime),
+            _resolver(runtime, services(request).store),
             params.get("employee"),
             params.get("status"),
         )
@@ -120,7 +141,7 @@ async def api_embed(request: Request) -> Response:
         return await embed.portal_embed(
             runtime.connector,
             runtime.name,
-            _resolver(runtime),
+            _resolver(runtime, services(request).store),
             request.query_params.get("employee"),
             request.path_params["id"],
         )
