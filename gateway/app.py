@@ -17,7 +17,7 @@ import certifi
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from gateway.auth.base import FrontDoor
@@ -26,13 +26,12 @@ from gateway.auth.saml import SamlFrontDoor
 from gateway.auth.session import SessionManager
 from gateway.budget import Budget
 from gateway.connectors import CONNECTORS
-from gateway.connectors._http import LmsHttp, build_client, no_cookies
+from gateway.connectors._http import LmsHttp, build_client
 from gateway.connectors.base import Connector
 from gateway.errors import GatewayError, NotFound
-from gateway.http_transport import AiohttpTransport
 from gateway.observability import Metrics, request_id_var
 from gateway.provisioning import Provisioner
-from gateway.settings import AppSettings, OidcIdpSettings, Settings
+from gateway.settings import AppSettings, HttpSettings, OidcIdpSettings, Settings
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
 from gateway.web import embed_handlers, handlers, responses
@@ -55,7 +54,6 @@ class AppRuntime:
     settings: AppSettings
     connector: Connector
     provisioner: Provisioner
-    budget: Budget
 
 
 @dataclass
@@ -108,13 +106,9 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
     own_host = urlsplit(public).netloc
     # One CA store (certifi, as httpx would use) for every client: each costs ~0.2 s to build.
     tls = ssl.create_default_context(cafile=certifi.where())
-    idp_client = httpx.AsyncClient(
-        transport=AiohttpTransport(verify=tls, max_connections=200),
-        cookies=no_cookies(),
-        timeout=httpx.Timeout(10.0, connect=5.0),
-        follow_redirects=False,
-        headers={"User-Agent": "gateway/0.1 (+sso)"},
-    )
+    # One client for every IdP (discovery, JWKS, token, userinfo, SAML metadata).
+    idp_http = HttpSettings(connect_timeout=5.0, read_timeout=10.0, max_connections=200)
+    idp_client = build_client(idp_http, verify=tls)
     clients = [idp_client]
     front_doors: dict[str, FrontDoor] = {}
     for name, idp in settings.idp.items():
@@ -150,7 +144,7 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         http = LmsHttp(name, client, budget, metrics)
         connector = CONNECTORS[app.connector](name, app, http, dev_mode=gw.dev_mode)
         provisioner = Provisioner(name, app, connector, store, metrics)
-        apps[name] = AppRuntime(name, app, connector, provisioner, budget)
+        apps[name] = AppRuntime(name, app, connector, provisioner)
     relevant_groups = {
         group
         for app in settings.app.values()
@@ -268,4 +262,4 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
     return app
 
 
-__all__ = ["AppRuntime", "Route", "Services", "create_app"]
+__all__ = ["AppRuntime", "Services", "create_app"]

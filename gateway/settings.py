@@ -157,7 +157,6 @@ class SamlIdpSettings:
     metadata_refresh_seconds: Annotated[int, Field(ge=60)] = 3600
     entity_id: str | None = None
     sso_url: str | None = None
-    slo_url: str | None = None
     certificate_files: tuple[str, ...] = ()
     sp_key_file: str | None = None
     sp_cert_file: str | None = None

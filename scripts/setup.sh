@@ -34,6 +34,11 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 if $with_test; then
   .venv/bin/python -m pip install -q -e '.[test]'
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$node_major" -lt 20 ]; then
+    echo "Node.js $node_major found; the test OpenID provider (npm oidc-provider 9) needs Node.js 20 or newer" >&2
+    exit 1
+  fi
   if [ ! -d tests/support/oidc_provider/node_modules ]; then
     echo "==> installing the npm oidc-provider test IdP"
     (cd tests/support/oidc_provider && npm ci --no-audit --no-fund --loglevel=error)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 import time
 from collections.abc import Callable, Collection
@@ -141,8 +140,3 @@ class SessionManager:
 
     def clear_login_binding(self, response: Response) -> None:
         response.delete_cookie(self.login_cookie_name, path="/", secure=self.secure, httponly=True)
-
-
-def identity_summary(identity: Identity) -> str:
-    """A log-safe description of who signed in (no tokens, no claims dump)."""
-    return json.dumps({"idp": identity.idp, "sub": identity.subject, "email": identity.email})

@@ -44,14 +44,11 @@ log = logging.getLogger("gateway.lms")
 RATE_LIMIT_STATUSES = frozenset({429, 503})
 
 
-def build_client(
-    settings: HttpSettings, base_url: str = "", verify: ssl.SSLContext | bool = True
-) -> httpx.AsyncClient:
-    """A pooled client with explicit timeouts; redirects are not followed (an LMS API
-    that redirects is answering something we did not ask for). Pass one shared ``verify``
+def build_client(settings: HttpSettings, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
+    """A pooled client (IdP or LMS) with explicit timeouts; redirects are not followed (an
+    API that redirects is answering something we did not ask for). Pass one shared ``verify``
     context: building a CA store costs ~0.2 s per client."""
     return httpx.AsyncClient(
-        base_url=base_url,
         transport=AiohttpTransport(verify=verify, max_connections=settings.max_connections),
         timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
         follow_redirects=False,
@@ -153,25 +150,27 @@ class LmsHttp:
             if self.metrics is not None:
                 self.metrics.queue_wait.labels(self.app).observe(waited)
                 self.metrics.budget_tokens.labels(self.app).set(self.budget.tokens_left)
+            request = {"params": params, "headers": headers, "json": json_data, "data": form}
             try:
-                return await self._send_once(
-                    operation,
-                    method,
-                    url,
-                    ok,
-                    passthrough,
-                    params=params,
-                    headers=headers,
-                    json_data=json_data,
-                    form=form,
-                )
+                return await self._send_once(operation, method, url, ok, passthrough, request)
             except LmsRateLimited:
                 raise
             except LmsUnavailable as exc:
                 last_error = exc
                 continue
+            finally:
+                if self.metrics is not None:
+                    self.metrics.circuit_open.labels(self.app).set(int(self.budget.circuit_open))
         assert last_error is not None
         raise last_error
+
+    def _count(self, operation: str, outcome: str, started: float) -> float:
+        """Record one call (HTTP status, ``timeout`` or ``connection_error``); its seconds."""
+        elapsed = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.lms_latency.labels(self.app, operation).observe(elapsed)
+            self.metrics.lms_calls.labels(self.app, operation, outcome).inc()
+        return elapsed
 
     async def _send_once(
         self,
@@ -180,41 +179,25 @@ class LmsHttp:
         url: str,
         ok: Collection[int],
         passthrough: Collection[int],
-        **kwargs: Any,
+        request: dict[str, Any],
     ) -> httpx.Response:
         path = urlsplit(url).path
         started = time.perf_counter()
-        status_label = "error"
         try:
-            response = await self.client.request(
-                method,
-                url,
-                params=kwargs["params"],
-                headers=kwargs["headers"],
-                json=kwargs["json_data"],
-                data=kwargs["form"],
-            )
+            response = await self.client.request(method, url, **request)
         except httpx.TimeoutException:
-            status_label = "timeout"
+            self._count(operation, "timeout", started)
             self.budget.record_failure()
             raise LmsUnavailable(f"{operation}: LMS timed out ({method} {path})") from None
         except httpx.HTTPError as exc:
-            status_label = "connection_error"
+            self._count(operation, "connection_error", started)
             self.budget.record_failure()
             raise LmsUnavailable(
                 f"{operation}: cannot reach LMS ({method} {path}): {type(exc).__name__}"
             ) from None
-        finally:
-            elapsed = time.perf_counter() - started
-            if self.metrics is not None:
-                self.metrics.lms_latency.labels(self.app, operation).observe(elapsed)
-                if status_label != "error":
-                    self.metrics.lms_calls.labels(self.app, operation, status_label).inc()
-                self.metrics.circuit_open.labels(self.app).set(int(self.budget.circuit_open))
 
         status = response.status_code
-        if self.metrics is not None:
-            self.metrics.lms_calls.labels(self.app, operation, str(status)).inc()
+        elapsed = self._count(operation, str(status), started)
         log_event(
             log,
             logging.DEBUG,
