@@ -89,6 +89,21 @@ class GatewaySettings:
     login_timeout_seconds: Annotated[int, Field(ge=30, le=3600)] = 600
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # Abuse limits on anonymous state: sign-ins started but not finished (each is a few store
+    # entries), in total and per client address; past either, /auth/<idp>/login refuses (429).
+    max_pending_logins: Annotated[int, Field(ge=10, le=10_000_000)] = 100_000
+    max_pending_logins_per_client: Annotated[int, Field(ge=1, le=10_000)] = 30
+
+
+@dataclass(config=STRICT)
+class OperatorSettings:
+    """``[operator]``: where /metrics and detailed readiness are served (never to the public
+    by default). ``port`` serves them on a separate listener on ``host``; ``token`` allows
+    them on the public listener to a caller presenting ``Authorization: Bearer <token>``."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    host: str = "127.0.0.1"
+    token: SecretValue | None = None
 
 
 @dataclass(config=STRICT)
@@ -101,6 +116,9 @@ class StoreSettings:
     key_prefix: str = "gateway:"
     # Redis TLS: a rediss:// URL turns it on; this names the CA bundle to trust.
     tls_ca_file: str | None = None
+    # Memory store: hard limit on entries. Full: new anonymous state (pending logins) is
+    # refused; security entries (replay caches, sessions, revocations) are never evicted.
+    memory_max_entries: Annotated[int, Field(ge=1000, le=50_000_000)] = 500_000
 
 
 @dataclass(config=STRICT)
@@ -131,6 +149,19 @@ class OidcIdpSettings:
     preset: Literal["generic", "entra", "okta", "google", "keycloak"] = "generic"
     scopes: tuple[str, ...] = ("openid", "email", "profile")
     claims: ClaimMapping = Field(default_factory=ClaimMapping)
+    # E-mail domains this IdP is authoritative for (lower-case). Set, an e-mail outside them
+    # is refused before any LMS call; required (and disjoint) for every IdP of an app that
+    # accepts several IdPs.
+    email_domains: tuple[str, ...] = ()
+    # preset "google": the Workspace domains (``hd``) accepted; required for that preset.
+    hosted_domains: tuple[str, ...] = ()
+    # Take the e-mail from claims that are not verified e-mail addresses (Entra's
+    # preferred_username / upn). Off: only ``email`` is used. Microsoft advises against
+    # authorising on those claims; turn on only with email_domains set.
+    email_from_unverified_claims: bool = False
+    # Audiences besides client_id an ID token may list (OIDC Core 3.1.3.7 step 3); any
+    # other extra audience makes the token untrusted.
+    trusted_audiences: tuple[str, ...] = ()
     # Signing algorithms accepted for ID tokens; never "none" nor an HMAC algorithm.
     algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256")
     leeway_seconds: Annotated[int, Field(ge=0, le=300)] = 60
@@ -151,6 +182,8 @@ class SamlIdpSettings:
     type: Literal["saml"]
     sp_entity_id: str
     display_name: str | None = None
+    # E-mail domains this IdP is authoritative for (see OidcIdpSettings.email_domains).
+    email_domains: tuple[str, ...] = ()
     # IdP metadata: one of metadata_file, metadata_url, or entity_id + sso_url + certificate_files.
     metadata_file: str | None = None
     metadata_url: str | None = None
@@ -171,6 +204,13 @@ class SamlIdpSettings:
     default_app: str | None = None
     allow_sha1: bool = False
     max_response_bytes: Annotated[int, Field(ge=4096, le=2_000_000)] = 256_000
+    # Oldest Response/Assertion IssueInstant accepted (seconds, plus clock_skew_seconds).
+    max_issue_instant_age_seconds: Annotated[int, Field(ge=30, le=3600)] = 300
+    # Refuse assertions that are not encrypted (needs sp_key_file / sp_cert_file).
+    require_encrypted_assertions: bool = False
+    # Accept AES-CBC content encryption (legacy IdPs; AES-GCM otherwise). RSA PKCS#1 v1.5
+    # key transport is never accepted.
+    allow_legacy_cbc_encryption: bool = False
 
 
 IdpSettings = Annotated[OidcIdpSettings | SamlIdpSettings, Field(discriminator="type")]
@@ -260,14 +300,25 @@ class AppSettings:
     # IdP group -> LMS role / access level; the first matching group wins.
     role_map: dict[str, str] = Field(default_factory=dict)
     default_role: str | None = None
+    # IdPs whose groups this app reads (required_groups, group_map) and IdPs trusted to grant
+    # roles above default_role (role_map). Unset: the app's IdP when it has exactly one; an app
+    # with several IdPs and group rules or a role_map must name them.
+    group_idps: tuple[Name, ...] | None = None
+    role_idps: tuple[Name, ...] | None = None
     # Which Identity field becomes the LMS username / matches existing accounts.
     username: Literal["email", "subject", "employee_number"] = "email"
     match_by: Literal["email", "employee_number"] = "email"
     reactivate: bool = True
     update_on_login: bool = False
+    # Let a sign-in use an existing LMS account with an admin/owner/manager role. Off: such an
+    # account is never matched by just-in-time provisioning (the employee sees a clear page).
+    adopt_privileged_accounts: bool = False
     # Where to send the employee inside the LMS when no target is given.
     default_target: str | None = None
     account_cache_seconds: Annotated[int, Field(ge=0, le=90 * 86400)] = 7 * 86400
+    # A cached LMS account is looked at again (active? still there?) at most this long after
+    # it was last checked; sign-ins in between do not extend it.
+    revalidate_seconds: Annotated[int, Field(ge=0, le=86400)] = 86400
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     skyprep: SkyPrepSettings | None = None
     damstra: DamstraSettings | None = None
@@ -281,8 +332,11 @@ class PortalSettings:
     # hex SHA-256 of the bearer credential; the credential itself is never stored.
     token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     apps: tuple[Name, ...]
-    # Origins allowed to frame /embed pages and to call /api/v1 from a browser (CORS).
+    # Origins allowed to frame /embed pages.
     origins: tuple[str, ...] = ()
+    # Answer CORS for /api/v1 from ``origins``. Off by default: the bearer credential belongs
+    # on the portal's server, never in browser JavaScript (any employee could read it).
+    browser_cors: bool = False
 
 
 @dataclass(config=STRICT)
@@ -294,3 +348,4 @@ class Settings:
     app: dict[Name, AppSettings]
     store: StoreSettings = Field(default_factory=StoreSettings)
     portal: dict[Name, PortalSettings] = Field(default_factory=dict)
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
