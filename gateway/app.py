@@ -29,6 +29,7 @@ from gateway.connectors import CONNECTORS
 from gateway.connectors._http import LmsHttp, build_client
 from gateway.connectors.base import Connector
 from gateway.errors import GatewayError, NotFound
+from gateway.limits import PendingLogins
 from gateway.observability import Metrics, request_id_var
 from gateway.provisioning import Provisioner
 from gateway.settings import AppSettings, HttpSettings, OidcIdpSettings, Settings
@@ -68,6 +69,7 @@ class Services:
     front_doors: dict[str, FrontDoor]
     apps: dict[str, AppRuntime]
     own_host: str
+    pending_logins: PendingLogins
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
     def app(self, name: str) -> AppRuntime:
@@ -94,7 +96,7 @@ def build_store(settings: Settings) -> Store:
             key_prefix=settings.store.key_prefix,
             tls_ca_file=settings.store.tls_ca_file,
         )
-    return MemoryStore()
+    return MemoryStore(max_entries=settings.store.memory_max_entries)
 
 
 def build_services(settings: Settings, store: Store | None = None) -> Services:
@@ -158,6 +160,12 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         login_timeout=gw.login_timeout_seconds,
         relevant_groups=relevant_groups,
     )
+    pending_logins = PendingLogins(
+        store,
+        window=gw.login_timeout_seconds,
+        max_total=gw.max_pending_logins,
+        max_per_client=gw.max_pending_logins_per_client,
+    )
     return Services(
         settings=settings,
         store=store,
@@ -167,6 +175,7 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         front_doors=front_doors,
         apps=apps,
         own_host=own_host,
+        pending_logins=pending_logins,
         clients=clients,
     )
 
@@ -233,6 +242,10 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for door in services.front_doors.values():
             await door.start()
+        # An evicting Redis can silently drop replay-cache and session entries: say so loudly
+        # at start (and in detailed readiness), but keep serving.
+        for problem in await services.store.health_problems():
+            log.warning("%s", problem)
         try:
             yield
         finally:
@@ -262,4 +275,20 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
     return app
 
 
-__all__ = ["AppRuntime", "Services", "create_app"]
+def create_operator_app(app: Starlette) -> Starlette:
+    """The operator listener (``[operator] port``) for the gateway ``app``: /metrics and
+    detailed /readyz over the same services. It has no lifespan: ``app``'s runs it all."""
+    services: Services = app.state.services
+    operator = Starlette(
+        routes=handlers.operator_routes(),
+        middleware=[Middleware(RequestContext, secure=False)],
+        exception_handlers={
+            GatewayError: responses.gateway_error,
+            Exception: responses.internal_error,
+        },
+    )
+    operator.state.services = services
+    return operator
+
+
+__all__ = ["AppRuntime", "Services", "create_app", "create_operator_app"]

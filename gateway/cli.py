@@ -58,12 +58,66 @@ def serve(path: str, host: str, port: int, workers: int) -> int:
         "host": host, "port": port, "log_config": None, "access_log": False,
         "proxy_headers": True, "server_header": False,
     }
+    operator_port = settings.operator.port
     if workers > 1:
+        if operator_port is not None:
+            # Each worker has its own metrics; one operator port cannot show them all.
+            print(
+                "config: operator.port: needs --workers 1 (run several replicas instead, each "
+                "with its own operator port)",
+                file=sys.stderr,
+            )
+            return 1
         # Each worker re-reads the file (uvicorn imports the factory in every process).
         os.environ["GATEWAY_CONFIG"] = path
         uvicorn.run("gateway.cli:app_from_env", factory=True, workers=workers, **options)
-    else:
+    elif operator_port is None:
         uvicorn.run(create_app(settings), **options)
+    else:
+        app = create_app(settings)
+        return asyncio.run(
+            _serve_with_operator(app, options, settings.operator.host, operator_port)
+        )
+    return 0
+
+
+async def _serve_with_operator(
+    app: Any, options: dict[str, Any], operator_host: str, operator_port: int
+) -> int:
+    """The public listener and the operator listener (/metrics, detailed /readyz) in one
+    event loop; the public server owns the signals and the app's lifespan."""
+    import contextlib
+    from collections.abc import Iterator
+
+    import uvicorn
+
+    from gateway.app import create_operator_app
+
+    class _OperatorServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # The public server handles SIGINT/SIGTERM and then stops this one.
+            yield
+
+    operator = _OperatorServer(
+        uvicorn.Config(
+            create_operator_app(app), host=operator_host, port=operator_port,
+            log_config=None, access_log=False, server_header=False, lifespan="off",
+        )
+    )  # fmt: skip
+    operator_task = asyncio.create_task(operator.serve())
+    while not operator.started:
+        if operator_task.done():
+            # uvicorn has logged why (e.g. the port is taken).
+            print(f"operator listener on {operator_host}:{operator_port} failed", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.02)
+    public = uvicorn.Server(uvicorn.Config(app, **options))
+    try:
+        await public.serve()
+    finally:
+        operator.should_exit = True
+        await operator_task
     return 0
 
 

@@ -128,12 +128,29 @@ def check_rules(settings: Settings) -> list[str]:
     return [p for p in problems if p]
 
 
+def _domain_problems(key: str, domains: tuple[str, ...]) -> list[str | None]:
+    """Entries compared exactly against what an IdP asserts: plain lower-case domains."""
+    return [
+        f"{key}: {domain!r} must be a lower-case domain (no @, no wildcard)"
+        for domain in domains
+        if domain != domain.lower()
+        or domain != domain.strip()
+        or "." not in domain
+        or any(c in domain for c in "@*/ ")
+        or domain.startswith(".")
+        or domain.endswith(".")
+    ]
+
+
 def _idp_problems(
     key: str, idp: OidcIdpSettings | SamlIdpSettings, settings: Settings, dev: bool
 ) -> list[str | None]:
+    authority = _domain_problems(f"{key}.email_domains", idp.email_domains)
     if isinstance(idp, OidcIdpSettings):
         bad_algs = [a for a in idp.algorithms if a == "none" or a.startswith("HS")]
         return [
+            *authority,
+            *_oidc_trust_problems(key, idp),
             _https_problem(f"{key}.issuer", idp.issuer, dev),
             f"{key}.algorithms: {', '.join(bad_algs)} not allowed (asymmetric algorithms only)"
             if bad_algs
@@ -141,12 +158,13 @@ def _idp_problems(
             f"{key}.algorithms: at least one algorithm is required" if not idp.algorithms else None,
             f"{key}.scopes: must include 'openid'" if "openid" not in idp.scopes else None,
         ]
+    problems: list[str | None] = list(authority)
     sources = [
         idp.metadata_file is not None,
         idp.metadata_url is not None,
         idp.entity_id is not None or idp.sso_url is not None or bool(idp.certificate_files),
     ]
-    problems: list[str | None] = [
+    problems += [
         _https_problem(f"{key}.metadata_url", idp.metadata_url, dev),
         _https_problem(f"{key}.sso_url", idp.sso_url, dev),
     ]
@@ -173,8 +191,73 @@ def _idp_problems(
     return problems
 
 
-def _app_problems(key: str, app: AppSettings, settings: Settings, dev: bool) -> list[str | None]:
+def _oidc_trust_problems(key: str, idp: OidcIdpSettings) -> list[str | None]:
     problems: list[str | None] = []
+    if idp.preset == "google":
+        # Every Google Workspace tenant sends *an* hd; only the named ones may sign in.
+        if not idp.hosted_domains:
+            problems.append(
+                f"{key}.hosted_domains: required with preset = 'google' (the Workspace "
+                "domains whose accounts may sign in; any other tenant would be accepted)"
+            )
+        problems += _domain_problems(f"{key}.hosted_domains", idp.hosted_domains)
+    elif idp.hosted_domains:
+        problems.append(f"{key}.hosted_domains: only used with preset = 'google'")
+    if idp.email_from_unverified_claims and not idp.email_domains:
+        problems.append(
+            f"{key}.email_from_unverified_claims: needs email_domains (claims that are not "
+            "verified addresses may only name people in the IdP's own domains)"
+        )
+    return problems
+
+
+def _trust_problems(key: str, app: AppSettings, settings: Settings) -> list[str | None]:
+    """The trust model: no value one IdP controls may select another IdP's employee's LMS
+    account, or read groups / grant roles the app does not trust it for."""
+    problems: list[str | None] = []
+    for field in ("group_idps", "role_idps"):
+        for name in getattr(app, field) or ():
+            if name not in app.idps:
+                problems.append(f"{key}.{field}: {name!r} is not one of the app's idps")
+    if len(app.idps) < 2:
+        return problems
+    idps = [name for name in dict.fromkeys(app.idps) if name in settings.idp]
+    owner: dict[str, str] = {}
+    for name in idps:
+        domains = settings.idp[name].email_domains
+        if not domains:
+            problems.append(
+                f"{key}.idps: IdP {name!r} needs email_domains (an app accepting several "
+                "IdPs must know which e-mail domains each one vouches for)"
+            )
+        for domain in domains:
+            other = owner.setdefault(domain, name)
+            if other != name:
+                problems.append(
+                    f"{key}.idps: IdPs {other!r} and {name!r} both have e-mail domain "
+                    f"{domain!r}; each domain may belong to one IdP of app {key[4:]!r}"
+                )
+    for field, value in (("username", app.username), ("match_by", app.match_by)):
+        if value in ("subject", "employee_number"):
+            problems.append(
+                f"{key}.{field}: {value!r} is ambiguous for app {key[4:]!r} with several IdPs "
+                "(another IdP could issue the same value); use 'email'"
+            )
+    if (app.required_groups or app.group_map) and app.group_idps is None:
+        problems.append(
+            f"{key}.group_idps: name the IdPs trusted to supply groups (required_groups, "
+            "group_map) for an app with several IdPs"
+        )
+    if app.role_map and app.role_idps is None:
+        problems.append(
+            f"{key}.role_idps: name the IdPs trusted to grant roles (role_map) for an app "
+            "with several IdPs"
+        )
+    return problems
+
+
+def _app_problems(key: str, app: AppSettings, settings: Settings, dev: bool) -> list[str | None]:
+    problems: list[str | None] = _trust_problems(key, app, settings)
     if not app.idps:
         problems.append(f"{key}.idps: at least one IdP is required")
     for idp_name in app.idps:

@@ -7,7 +7,9 @@ Two ways in (see the README):
   with :func:`embed_headers` (``frame-ancestors`` = the app's portal origins exactly).
 * ``/api/v1/apps/{app}/lesson-schedules[/{id}/embed]?employee=<email>`` — a portal back-end
   with its bearer credential: :func:`authenticate_portal`, then :func:`portal_lesson_schedules`
-  or :func:`portal_embed`; :func:`cors_headers` for browsers calling it from a portal origin.
+  or :func:`portal_embed`. The API is server-to-server: the credential acts for *any*
+  employee, so in browser JavaScript every employee could read it and mint colleagues'
+  players. :func:`cors_headers` is empty unless a portal opts in with ``browser_cors = true``.
 
 Everything takes plain values and returns data or raises :mod:`gateway.errors`; nothing here
 imports Starlette.
@@ -19,10 +21,17 @@ import hashlib
 import hmac
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.connectors.base import EmbedCapable, LessonSchedule
-from gateway.errors import AccountGone, BadRequest, Forbidden, NotFound, Unauthorized
+from gateway.errors import (
+    AccountGone,
+    AccountInactive,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+)
 from gateway.settings import PortalSettings
 
 # Every gateway page that is not an embed page may not be framed at all.
@@ -33,6 +42,8 @@ _EMAIL = re.compile(r"^[^\s@\x00-\x1f\x7f]{1,64}@[^\s@\x00-\x1f\x7f]{1,190}$")
 _TOKEN = re.compile(r"^[\x21-\x7e]{16,512}$")
 
 UserResolver = Callable[[str], Awaitable[str]]
+UserForgetter = Callable[[str], Awaitable[None]]
+_T = TypeVar("_T")
 
 
 def hash_credential(credential: str) -> str:
@@ -40,8 +51,9 @@ def hash_credential(credential: str) -> str:
     return hashlib.sha256(credential.encode()).hexdigest()
 
 
-def authenticate_portal(authorization: str | None, portals: Mapping[str, PortalSettings],
-                        app: str) -> str:
+def authenticate_portal(
+    authorization: str | None, portals: Mapping[str, PortalSettings], app: str
+) -> str:
     """The name of the portal whose credential ``Authorization: Bearer ...`` presents.
 
     Missing or unknown credential: Unauthorized (401). A portal not scoped to ``app``:
@@ -101,22 +113,45 @@ def embed_headers(portals: Mapping[str, PortalSettings], app: str) -> dict[str, 
     }
 
 
-def cors_headers(portals: Mapping[str, PortalSettings], origin: str | None,
-                 app: str | None = None, *, preflight: bool = False) -> dict[str, str]:
+def cors_origins(
+    portals: Mapping[str, PortalSettings], app: str | None, portal: str | None = None
+) -> tuple[str, ...]:
+    """Origins that may call ``/api/v1`` from a browser: those of portals that opted in with
+    ``browser_cors = true`` (only ``portal``'s when given), scoped to ``app`` when given."""
+    opted_in = {
+        name: p
+        for name, p in portals.items()
+        if p.browser_cors and (portal is None or name == portal)
+    }
+    return portal_origins(opted_in, app)
+
+
+def cors_headers(
+    portals: Mapping[str, PortalSettings],
+    origin: str | None,
+    app: str | None = None,
+    *,
+    preflight: bool = False,
+    portal: str | None = None,
+) -> dict[str, str]:
     """CORS headers for ``/api/v1`` given the request's ``Origin``: the origin is echoed
-    only when a portal (scoped to ``app`` when given) configured it. No credentials mode:
-    the API uses bearer credentials, never cookies."""
+    only when a portal (scoped to ``app`` when given, ``portal`` itself once its credential
+    is known) configured it AND opted in with ``browser_cors``. Otherwise no
+    ``Access-Control-*`` header at all: browsers may not read the answer. No credentials
+    mode: the API uses bearer credentials, never cookies."""
     headers = {"Vary": "Origin"}
     normalised = _normalise_origin(origin) if origin else None
-    if normalised is None or normalised not in portal_origins(portals, app):
+    if normalised is None or normalised not in cors_origins(portals, app, portal):
         return headers
     headers["Access-Control-Allow-Origin"] = normalised
     if preflight:
-        headers.update({
-            "Access-Control-Allow-Methods": "GET, OPTIONS",
-            "Access-Control-Allow-Headers": "Authorization",
-            "Access-Control-Max-Age": "600",
-        })
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "GET, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization",
+                "Access-Control-Max-Age": "600",
+            }
+        )
     return headers
 
 
@@ -132,8 +167,9 @@ def parse_status(value: str | None) -> str:
     """The ``status`` filter (default ``all``), or BadRequest."""
     status = (value or "all").strip().lower()
     if status not in SCHEDULE_STATUSES:
-        raise BadRequest("portal API: status must be one of " + ", ".join(
-            sorted(SCHEDULE_STATUSES)))
+        raise BadRequest(
+            "portal API: status must be one of " + ", ".join(sorted(SCHEDULE_STATUSES))
+        )
     return status
 
 
@@ -146,9 +182,14 @@ def embed_capable(connector: object, app: str) -> EmbedCapable:
 
 def schedule_json(schedule: LessonSchedule) -> dict[str, Any]:
     """One lesson schedule as the portal API shows it."""
-    return {"id": schedule.id, "name": schedule.name, "status": schedule.status,
-            "startDate": schedule.start_date, "dueDate": schedule.due_date,
-            "thumbnailUrl": schedule.thumbnail_url}
+    return {
+        "id": schedule.id,
+        "name": schedule.name,
+        "status": schedule.status,
+        "startDate": schedule.start_date,
+        "dueDate": schedule.due_date,
+        "thumbnailUrl": schedule.thumbnail_url,
+    }
 
 
 async def _resolve(resolve_user: UserResolver, email: str) -> str:
@@ -158,25 +199,51 @@ async def _resolve(resolve_user: UserResolver, email: str) -> str:
     return user_id
 
 
-async def portal_lesson_schedules(connector: object, app: str, resolve_user: UserResolver,
-                                  employee: str | None, status: str | None) -> dict[str, Any]:
+async def _forgetting(forget: UserForgetter | None, email: str, call: Awaitable[_T]) -> _T:
+    """Await ``call``; when the LMS says the account is gone or inactive, drop the cached
+    e-mail -> user id first, so the next request asks the LMS again instead of trusting it."""
+    try:
+        return await call
+    except (AccountGone, AccountInactive):
+        if forget is not None:
+            await forget(email)
+        raise
+
+
+async def portal_lesson_schedules(
+    connector: object,
+    app: str,
+    resolve_user: UserResolver,
+    employee: str | None,
+    status: str | None,
+    *,
+    forget: UserForgetter | None = None,
+) -> dict[str, Any]:
     """``GET /api/v1/apps/{app}/lesson-schedules?employee=&status=`` body.
 
     ``resolve_user`` maps an e-mail address to the LMS user id (raising NotFound,
     AmbiguousAccount or AccountInactive); ``DamstraConnector.find_user_id`` is one.
+    ``forget`` drops a cached mapping the LMS contradicted.
     """
     embedder = embed_capable(connector, app)
     email, wanted = parse_employee(employee), parse_status(status)
     user_id = await _resolve(resolve_user, email)
     try:
-        schedules = await embedder.lesson_schedules(user_id, wanted)
+        schedules = await _forgetting(forget, email, embedder.lesson_schedules(user_id, wanted))
     except AccountGone:
         raise NotFound("portal API: the employee's training account no longer exists") from None
     return {"lessonSchedules": [schedule_json(s) for s in schedules]}
 
 
-async def portal_embed(connector: object, app: str, resolve_user: UserResolver,
-                       employee: str | None, schedule_id: str) -> dict[str, str]:
+async def portal_embed(
+    connector: object,
+    app: str,
+    resolve_user: UserResolver,
+    employee: str | None,
+    schedule_id: str,
+    *,
+    forget: UserForgetter | None = None,
+) -> dict[str, str]:
     """``GET /api/v1/apps/{app}/lesson-schedules/{id}/embed?employee=`` body.
 
     Another employee's schedule is NotFound exactly like a missing one; nothing is minted.
@@ -185,7 +252,11 @@ async def portal_embed(connector: object, app: str, resolve_user: UserResolver,
     embedder = embed_capable(connector, app)
     email = parse_employee(employee)
     user_id = await _resolve(resolve_user, email)
-    return {"embedUrl": await embedder.embed_url(user_id, schedule_id)}
+    try:
+        url = await _forgetting(forget, email, embedder.embed_url(user_id, schedule_id))
+    except AccountGone:
+        raise NotFound("portal API: the employee's training account no longer exists") from None
+    return {"embedUrl": url}
 
 
 async def session_embed(connector: object, app: str, user_id: str, schedule_id: str) -> str:

@@ -28,10 +28,13 @@ that also appears in the log line. Anything else is a bug and becomes a generic 
     │   ├── LmsUnavailable             503    timeout, connection error, 5xx, circuit open
     │   ├── LmsRateLimited             503    429/503 "slow down" from the LMS
     │   ├── AccountInactive            403    LMS account disabled and app may not reactivate
+    │   ├── PrivilegedAccount          403    JIT matched an existing admin/manager LMS account
     │   ├── AmbiguousAccount           409    several LMS accounts match one employee
     │   └── AccountGone                 -     cached LMS user no longer exists (handled inside)
     ├── BudgetExhausted                503    queue page: the LMS call budget is spent for now
+    ├── TooManyPendingLogins           429    too many sign-ins started and not finished
     └── StoreUnavailable               503    the shared store cannot be reached
+        └── StoreFull                  503    memory store at its size limit (never evicts)
 """
 
 from __future__ import annotations
@@ -102,7 +105,17 @@ class IdpUnavailable(AuthenticationError):
 
 
 class TokenValidationError(AuthenticationError):
+    """A token or response failed a check. ``check`` names which one ("bad_signature",
+    "untrusted_audience", ...) so operators can count and search refusals by cause; the
+    employee page stays the generic one whatever it is."""
+
     code = "token_invalid"
+
+    def __init__(
+        self, reason: str = "", *, check: str = "invalid", public: str | None = None
+    ) -> None:
+        super().__init__(reason, public=public)
+        self.check = check
 
 
 class ReplayDetected(TokenValidationError):
@@ -183,6 +196,19 @@ class AccountInactive(ConnectorError):
     )
 
 
+class PrivilegedAccount(ConnectorError):
+    """Just-in-time provisioning matched an EXISTING LMS account whose role is above what the
+    app's mapping grants (admin, owner, manager, ...) and the app does not adopt such accounts.
+    ``reason`` carries the app and LMS user id for operators, never an e-mail address."""
+
+    status = 403
+    code = "lms_account_privileged"
+    public = (
+        "This account has administrator rights in the training system and cannot be signed "
+        "in through single sign-on. Please ask your training administrator."
+    )
+
+
 class AmbiguousAccount(ConnectorError):
     status = 409
     code = "lms_account_ambiguous"
@@ -212,3 +238,30 @@ class StoreUnavailable(GatewayError):
     status = 503
     code = "store_unavailable"
     public = "Sign-in is temporarily unavailable. Please try again in a few minutes."
+
+
+class StoreFull(StoreUnavailable):
+    """The memory store reached ``[store] memory_max_entries``. It refuses new entries
+    rather than evict any: evicting a replay-cache entry or a revocation would silently
+    turn a security check off."""
+
+    code = "store_full"
+
+
+class TooManyPendingLogins(GatewayError):
+    """Abuse limit: too many sign-ins started and not finished, from one client address
+    (``max_pending_logins_per_client``) or in total (``max_pending_logins``). Nothing of the
+    refused sign-in is stored."""
+
+    status = 429
+    code = "too_many_pending_logins"
+    public = (
+        "Too many sign-ins are being started from your network right now; "
+        "please try again in a minute."
+    )
+
+    def __init__(
+        self, reason: str = "", *, public: str | None = None, retry_after: float = 60.0
+    ) -> None:
+        super().__init__(reason, public=public)
+        self.retry_after = retry_after

@@ -92,7 +92,7 @@ class GatewaySettings:
     # Abuse limits on anonymous state: sign-ins started but not finished (each is a few store
     # entries), in total and per client address; past either, /auth/<idp>/login refuses (429).
     max_pending_logins: Annotated[int, Field(ge=10, le=10_000_000)] = 100_000
-    max_pending_logins_per_client: Annotated[int, Field(ge=1, le=10_000)] = 30
+    max_pending_logins_per_client: Annotated[int, Field(ge=1, le=100_000)] = 300
 
 
 @dataclass(config=STRICT)

@@ -19,7 +19,11 @@ from urllib.parse import unquote, urlsplit
 
 from gateway.errors import UnsafeTarget
 
-_MAX_LENGTH = 2048
+# Length limits, checked before anything else (abuse limit: each value is stored with a
+# pending login). A gateway return path (an /embed/... page) is far shorter than 512; a deep
+# link is ``<kind>:<id>`` with a kind of at most 32 and an id of at most 64 characters.
+MAX_RETURN_TO_LENGTH = 512
+MAX_TARGET_LENGTH = 97
 _FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\\]|[\u2028\u2029\u200b\ufeff]")
 _TARGET = re.compile(r"^[a-z][a-z_]{0,31}:[A-Za-z0-9_-]{1,64}$")
 
@@ -32,7 +36,7 @@ def check_return_to(
     Safe: a path on this gateway (``/embed/...``), or an absolute https URL whose host is
     ``own_host`` or in ``allowed_hosts`` exactly.
     """
-    if not value or len(value) > _MAX_LENGTH:
+    if not value or len(value) > MAX_RETURN_TO_LENGTH:
         raise UnsafeTarget("return target empty or too long")
     # Look through up to three layers of percent-encoding: a browser or a later hop may decode.
     layers = [value]
@@ -73,9 +77,13 @@ def safe_return_to(
     default: str = "/",
     dev_mode: bool = False,
 ) -> str:
-    """Like :func:`check_return_to` but falls back to ``default`` instead of raising."""
+    """Like :func:`check_return_to` but falls back to ``default`` instead of raising, except
+    for a value over :data:`MAX_RETURN_TO_LENGTH`: that is refused (UnsafeTarget), since no
+    link of ours is that long and the request should not start a sign-in at all."""
     if value is None:
         return default
+    if len(value) > MAX_RETURN_TO_LENGTH:
+        raise UnsafeTarget("return target too long")
     try:
         return check_return_to(
             value, own_host=own_host, allowed_hosts=allowed_hosts, dev_mode=dev_mode
@@ -88,6 +96,8 @@ def check_target(value: str | None) -> str | None:
     """A deep-link target ``<kind>:<id>`` or None; any other shape raises UnsafeTarget."""
     if value is None or value == "":
         return None
+    if len(value) > MAX_TARGET_LENGTH:
+        raise UnsafeTarget("deep-link target too long")
     if not _TARGET.fullmatch(value):
         raise UnsafeTarget("deep-link target is not of the form kind:id")
     return value

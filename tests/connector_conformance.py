@@ -12,11 +12,20 @@ which an in-process transport cannot produce).
 Documented differences between LMSs:
 * ``recreates_deleted``: SkyPrep's ``get_login_key`` autocreates, so a user deleted in the
   LMS is transparently re-created instead of raising AccountGone.
+* ``new_employee_calls``: LMS calls of a new employee's first sign-in. SkyPrep spends one
+  lookup (``get_user``) before ``get_login_key`` to see whether an existing account is
+  privileged (none when the app adopts privileged accounts anyway).
+* ``link_operations``: the calls that mint a sign-in link (Litmos has none: the LoginKey
+  comes with the account read, so "no link" there means no SignIn was returned).
+* ``elevated_role``: a role above learner that ``role_map`` may give an account the gateway
+  creates (SkyPrep's get_login_key creates learners only, so it uses ``instructor``).
+* ``deactivate``: None where the LMS documents no deactivated state (SkyPrep).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -33,15 +42,17 @@ from gateway.connectors.litmos import LitmosConnector
 from gateway.connectors.skyprep import SkyPrepConnector
 from gateway.errors import (
     AccountGone,
+    AccountInactive,
     ConnectorError,
     LmsAuthError,
     LmsRateLimited,
     LmsUnavailable,
+    PrivilegedAccount,
     UnsafeTarget,
 )
 from gateway.identity import Profile
 from gateway.sandbox._common import bind_port, serve_in_thread
-from gateway.sandbox.damstra import DamstraSimulator
+from gateway.sandbox.damstra import NOT_CURRENT, DamstraSimulator
 from gateway.sandbox.litmos import LitmosSimulator
 from gateway.sandbox.skyprep import SkyPrepSimulator
 from gateway.settings import (
@@ -63,6 +74,8 @@ class CaseOptions:
     api_key_ok: bool = True
     real_server: bool = False
     read_timeout: float = 5.0
+    adopt_privileged: bool = False
+    reactivate: bool = True
 
 
 @dataclass
@@ -83,7 +96,16 @@ class Harness:
     set_rate_limit: Callable[[int], None]
     set_link_base: Callable[[str], None]
     open_link: Callable[[str], Awaitable[httpx.Response]]
+    # Seed an existing account for a Profile with an admin role, as an LMS admin would.
+    add_admin: Callable[[Profile], None]
+    # The simulator's users, deep-copied (to show that nothing was changed).
+    snapshot: Callable[[], str]
+    link_operations: tuple[str, ...]
+    elevated_role: str
+    # An LMS admin deactivates the account; None where the LMS has no such state.
+    deactivate: Callable[[LmsAccount], None] | None
     recreates_deleted: bool = False
+    new_employee_calls: int = 0  # see the module docstring
 
 
 Factory = Callable[[CaseOptions], contextlib.AbstractAsyncContextManager[Harness]]
@@ -116,6 +138,11 @@ def fault_hooks(sim: Any) -> dict[str, Any]:
     }
 
 
+def _app_options(options: CaseOptions) -> dict[str, Any]:
+    return {"adopt_privileged_accounts": options.adopt_privileged,
+            "reactivate": options.reactivate}
+
+
 def _client(app: Any, options: CaseOptions, served: bool) -> httpx.AsyncClient:
     timeout = httpx.Timeout(options.read_timeout, connect=2.0)
     if served:
@@ -132,7 +159,8 @@ async def skyprep_case(options: CaseOptions) -> AsyncIterator[Harness]:
     served = serve_in_thread(sim.app, sock) if sock else None
     client = _client(sim.app, options, served is not None)
     login_host = f"127.0.0.1:{served.port}" if served else "acme.skyprepapp.com"
-    app = AppSettings(connector="skyprep", idps=("corp",), skyprep=SkyPrepSettings(
+    app = AppSettings(connector="skyprep", idps=("corp",), **_app_options(options),
+                      skyprep=SkyPrepSettings(
         api_key=Secret(API_KEY if options.api_key_ok else "wrong-key"),
         acct_key="acme.skyprepapp.com",
         api_url=f"{base}/admin/api" if base else "https://api.skyprep.io/admin/api",
@@ -154,7 +182,10 @@ async def skyprep_case(options: CaseOptions) -> AsyncIterator[Harness]:
             delete_user=lambda account: sim.delete_user(account.user_id),
             **fault_hooks(sim),
             set_link_base=set_link_base, open_link=link_client.get,
-            recreates_deleted=True,
+            add_admin=lambda p: sim.add_user(p.email, p.first_name, p.last_name, role="admin"),
+            snapshot=lambda: repr(copy.deepcopy(sim.users)),
+            link_operations=("get_login_key",), elevated_role="instructor", deactivate=None,
+            recreates_deleted=True, new_employee_calls=1 if options.adopt_privileged else 2,
         )
     finally:
         sim.faults.reset()
@@ -172,7 +203,8 @@ async def litmos_case(options: CaseOptions) -> AsyncIterator[Harness]:
     served = serve_in_thread(sim.app, sock) if sock else None
     client = _client(sim.app, options, served is not None)
     login_host = f"127.0.0.1:{served.port}" if served else "acme.litmos.com"
-    app = AppSettings(connector="litmos", idps=("corp",), litmos=LitmosSettings(
+    app = AppSettings(connector="litmos", idps=("corp",), **_app_options(options),
+                      litmos=LitmosSettings(
         api_key=Secret(API_KEY if options.api_key_ok else "wrong-key"),
         login_host=login_host,
         api_url=f"{base}/v1.svc" if served else None,
@@ -193,6 +225,11 @@ async def litmos_case(options: CaseOptions) -> AsyncIterator[Harness]:
             delete_user=lambda account: sim.delete_user(account.user_id),
             **fault_hooks(sim),
             set_link_base=set_link_base, open_link=link_client.get,
+            add_admin=lambda p: sim.add_user(p.username, p.first_name, p.last_name, p.email,
+                                             access_level="Administrator"),
+            snapshot=lambda: repr(copy.deepcopy(sim.users)),
+            link_operations=(), elevated_role="Team_Leader", new_employee_calls=2,
+            deactivate=lambda account: sim.set_active(account.user_id, False),
         )
     finally:
         sim.faults.reset()
@@ -210,7 +247,8 @@ async def damstra_case(options: CaseOptions) -> AsyncIterator[Harness]:
     served = serve_in_thread(sim.app, sock) if sock else None
     client = _client(sim.app, options, served is not None)
     login_host = base.split("://", 1)[1]
-    app = AppSettings(connector="damstra", idps=("corp",), damstra=DamstraSettings(
+    app = AppSettings(connector="damstra", idps=("corp",), **_app_options(options),
+                      damstra=DamstraSettings(
         access_key=Secret(API_KEY if options.api_key_ok else "wrong-key"),
         api_url=f"{base}/api/v2", login_host=login_host,
         http=HttpSettings(read_timeout=options.read_timeout),
@@ -230,6 +268,12 @@ async def damstra_case(options: CaseOptions) -> AsyncIterator[Harness]:
             delete_user=lambda account: sim.delete_user(int(account.user_id)),
             **fault_hooks(sim),
             set_link_base=set_link_base, open_link=link_client.get,
+            add_admin=lambda p: sim.add_user(p.first_name, p.last_name, p.email,
+                                             employee_number=p.employee_number, roles=(3,)),
+            snapshot=lambda: repr(copy.deepcopy(sim.users)),
+            link_operations=("generate_login_url",), elevated_role="INSTRUCTOR",
+            new_employee_calls=3,
+            deactivate=lambda account: sim.set_status(int(account.user_id), NOT_CURRENT),
         )
     finally:
         sim.faults.reset()
@@ -389,3 +433,96 @@ async def test_no_secret_or_link_in_logs(h: Harness, caplog: pytest.LogCaptureFi
     for secret in (*h.secrets, first.url, second.url):
         assert secret not in logged
     assert first.url not in repr(first)
+
+
+# -- privileged accounts, deactivation, verify (issue 10 items 2 and 7) -------------------
+
+
+async def test_existing_privileged_account_is_not_adopted(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    employee = profile(20)
+    h.add_admin(employee)
+    before = h.snapshot()
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(PrivilegedAccount) as info:
+        await h.connector.sign_in(employee, None, None)
+    assert info.value.status == 403
+    assert "administrator rights" in info.value.public
+    # No link minted, nothing created, updated, renamed, reactivated or put in a team.
+    assert _links(h) == 0
+    assert h.snapshot() == before and h.account_count() == 1
+    warnings = [r for r in caplog.records if "privileged" in r.getMessage()]
+    assert warnings and warnings[0].levelno == logging.WARNING
+    logged = repr([(r.getMessage(), getattr(r, "fields", "")) for r in caplog.records])
+    assert employee.email not in logged and employee.email not in str(info.value)
+    # The app may choose to adopt such accounts.
+    async with h_with(h, adopt_privileged=True) as adopting:
+        adopting.add_admin(employee)
+        result = await adopting.connector.sign_in(employee, None, None)
+        assert (await adopting.open_link(result.url)).status_code == 200
+
+
+async def test_account_created_with_a_mapped_role_signs_in_again(h: Harness) -> None:
+    employee = profile(21, role=h.elevated_role)
+    first = await h.connector.sign_in(employee, None, None)
+    # The cache was lost: the account found is the one we created, with the mapped role.
+    again = await h.connector.sign_in(employee, None, None)
+    assert again.account.user_id == first.account.user_id and h.account_count() == 1
+    before = h.lms_calls()
+    await h.connector.sign_in(employee, again.account, None)
+    assert h.lms_calls() - before == 1
+
+
+@pytest.mark.parametrize("adopt", [False, True])
+async def test_new_employee_call_count(case: Factory, adopt: bool) -> None:
+    async with case(CaseOptions(adopt_privileged=adopt)) as h:
+        first = await h.connector.sign_in(profile(22), None, None)
+        assert h.lms_calls() == h.new_employee_calls
+        before = h.lms_calls()
+        await h.connector.sign_in(profile(22), first.account, None)
+        assert h.lms_calls() - before == 1
+
+
+async def test_verify_reactivates_a_deactivated_account(h: Harness) -> None:
+    employee = profile(23)
+    first = await h.connector.sign_in(employee, None, None)
+    if h.deactivate is None:
+        # Nothing to look at again (no documented deactivated state): still one call.
+        before = h.lms_calls()
+        again = await h.connector.sign_in(employee, first.account, None, verify=True)
+        assert h.lms_calls() - before == 1 and again.account == first.account
+        return
+    h.deactivate(first.account)
+    again = await h.connector.sign_in(employee, first.account, None, verify=True)
+    assert again.action is ProvisionAction.REACTIVATED
+    assert again.account.user_id == first.account.user_id
+    page = await h.open_link(again.url)
+    assert page.status_code == 200 and "Lovelace23" in page.text
+
+
+async def test_verify_refuses_a_deactivated_account_when_the_app_may_not_reactivate(
+    case: Factory,
+) -> None:
+    async with case(CaseOptions(reactivate=False)) as h:
+        if h.deactivate is None:
+            pytest.skip("this LMS documents no deactivated state")
+        employee = profile(24)
+        first = await h.connector.sign_in(employee, None, None)
+        h.deactivate(first.account)
+        before, links = h.snapshot(), _links(h)
+        with pytest.raises(AccountInactive):
+            await h.connector.sign_in(employee, first.account, None, verify=True)
+        assert _links(h) == links and h.snapshot() == before
+
+
+@contextlib.asynccontextmanager
+async def h_with(h: Harness, **options: Any) -> AsyncIterator[Harness]:
+    """A second, fresh harness of the same connector type with other options."""
+    name = type(h.connector).__name__.removesuffix("Connector").lower()
+    async with CASES[name](CaseOptions(**options)) as other:
+        yield other
+
+
+def _links(h: Harness) -> int:
+    return sum(h.simulator.calls.count(op) for op in h.link_operations)

@@ -192,3 +192,127 @@ def test_default_target_must_be_a_deep_link_form() -> None:
     assert "app.training.default_target: must look like kind:id (e.g. course:1234)" in problems_of(
         data
     )
+
+
+# --- the trust model: which IdP may vouch for whom ---------------------------------------------
+
+
+def two_idp_app(**app: object) -> dict:
+    data = minimal()
+    data["idp"]["okta"]["email_domains"] = ["example.com"]
+    data["idp"]["partner"] = {
+        "type": "oidc",
+        "issuer": "https://partner.example.net",
+        "client_id": "c2",
+        "email_domains": ["partner.example.net"],
+    }
+    data["app"]["training"]["idps"] = ["okta", "partner"]
+    data["app"]["training"].update(app)
+    return data
+
+
+def test_an_app_with_disjoint_idp_domains_is_valid() -> None:
+    settings = parse_settings(
+        two_idp_app(
+            required_groups=["Staff"],
+            group_idps=["okta", "partner"],
+            role_map={"Trainers": "instructor"},
+            role_idps=["okta"],
+        ),
+        ENV,
+    )
+    assert settings.idp["partner"].email_domains == ("partner.example.net",)
+    assert settings.app["training"].role_idps == ("okta",)
+
+
+def test_every_idp_of_a_multi_idp_app_needs_its_own_email_domains() -> None:
+    data = two_idp_app()
+    del data["idp"]["partner"]["email_domains"]
+    assert "app.training.idps: IdP 'partner' needs email_domains" in "\n".join(problems_of(data))
+    data = two_idp_app()
+    data["idp"]["partner"]["email_domains"] = ["partner.example.net", "example.com"]
+    (problem,) = problems_of(data)
+    assert problem.startswith(
+        "app.training.idps: IdPs 'okta' and 'partner' both have e-mail domain 'example.com'"
+    )
+    assert "'training'" in problem
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["Example.com", "@example.com", "*.example.com", "localhost", "example.com.", " example.com"],
+)
+def test_email_domains_must_be_plain_lower_case_domains(domain: str) -> None:
+    data = minimal()
+    data["idp"]["okta"]["email_domains"] = [domain]
+    assert problems_of(data) == [
+        f"idp.okta.email_domains: {domain!r} must be a lower-case domain (no @, no wildcard)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("username", "subject"), ("username", "employee_number"), ("match_by", "employee_number")],
+)
+def test_identifiers_another_idp_could_issue_are_refused_with_several_idps(
+    key: str, value: str
+) -> None:
+    (problem,) = problems_of(two_idp_app(**{key: value}))
+    assert problem == (
+        f"app.training.{key}: {value!r} is ambiguous for app 'training' with several IdPs "
+        "(another IdP could issue the same value); use 'email'"
+    )
+    single = minimal()
+    single["app"]["training"][key] = value
+    parse_settings(single, ENV)  # one IdP: its own subjects are unambiguous
+
+
+def test_group_and_role_rules_name_the_trusted_idps() -> None:
+    problems = problems_of(
+        two_idp_app(group_map={"Staff": "All staff"}, role_map={"Admins": "admin"})
+    )
+    assert sorted(problems) == [
+        "app.training.group_idps: name the IdPs trusted to supply groups (required_groups, "
+        "group_map) for an app with several IdPs",
+        "app.training.role_idps: name the IdPs trusted to grant roles (role_map) for an app "
+        "with several IdPs",
+    ]
+    problems = problems_of(two_idp_app(group_idps=["okta", "adfs"], role_idps=["nope"]))
+    assert sorted(problems) == [
+        "app.training.group_idps: 'adfs' is not one of the app's idps",
+        "app.training.role_idps: 'nope' is not one of the app's idps",
+    ]
+
+
+def test_google_preset_needs_lower_case_hosted_domains() -> None:
+    data = minimal()
+    data["idp"]["okta"]["preset"] = "google"
+    assert problems_of(data) == [
+        "idp.okta.hosted_domains: required with preset = 'google' (the Workspace domains "
+        "whose accounts may sign in; any other tenant would be accepted)"
+    ]
+    data["idp"]["okta"]["hosted_domains"] = ["Acme.example"]
+    assert problems_of(data) == [
+        "idp.okta.hosted_domains: 'Acme.example' must be a lower-case domain (no @, no wildcard)"
+    ]
+    data["idp"]["okta"]["hosted_domains"] = ["acme.example"]
+    assert parse_settings(data, ENV).idp["okta"].hosted_domains == ("acme.example",)
+
+
+def test_unverified_email_claims_need_email_domains() -> None:
+    data = minimal()
+    data["idp"]["okta"].update(preset="entra", email_from_unverified_claims=True)
+    assert problems_of(data) == [
+        "idp.okta.email_from_unverified_claims: needs email_domains (claims that are not "
+        "verified addresses may only name people in the IdP's own domains)"
+    ]
+    data["idp"]["okta"]["email_domains"] = ["contoso.example"]
+    parse_settings(data, ENV)
+
+
+def test_trust_problems_are_reported_together() -> None:
+    data = two_idp_app(username="subject", group_map={"Staff": "x"})
+    del data["idp"]["partner"]["email_domains"]
+    data["idp"]["okta"]["preset"] = "google"
+    problems = problems_of(data)
+    assert len(problems) == 4, problems

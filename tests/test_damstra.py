@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from gateway.budget import Budget
+from gateway.connectors._accounts import numeric_id
 from gateway.connectors._http import LmsHttp
 from gateway.connectors.base import EmbedCapable, LmsAccount, ProvisionAction
 from gateway.connectors.damstra import DamstraConnector
@@ -23,9 +24,12 @@ from gateway.errors import (
     AmbiguousAccount,
     ConnectorError,
     LmsAuthError,
+    NotFound,
+    PrivilegedAccount,
     UnsafeTarget,
 )
-from gateway.identity import Profile
+from gateway.identity import Identity, Profile
+from gateway.provisioning import Provisioner
 from gateway.sandbox.damstra import NOT_CURRENT, DamstraSimulator
 from gateway.settings import AppSettings, BudgetSettings, DamstraSettings, Secret
 from gateway.store.memory import MemoryStore
@@ -292,11 +296,12 @@ async def test_not_current_is_refused_when_the_app_forbids_reactivation(
 async def test_changed_name_is_updated_only_with_update_on_login(
     sim: DamstraSimulator, connector_for: Callable[..., DamstraConnector]
 ) -> None:
+    # An ADMIN account (adopted on purpose here) shows that updates never touch roles.
     uid = sim.add_user("Ada", "Byron", "ada@example.com", roles=(3,), groups=(11, 99))
     sim.users[uid]["phoneNumber"] = "0811112222"
     renamed = profile(groups=("12",))
 
-    plain = await connector_for().sign_in(renamed, None, None)
+    plain = await connector_for(adopt_privileged_accounts=True).sign_in(renamed, None, None)
     assert plain.action is ProvisionAction.NONE and sim.users[uid]["lastName"] == "Byron"
     assert "update_user" not in sim.calls.operations()
     sim.calls.clear()
@@ -305,7 +310,7 @@ async def test_changed_name_is_updated_only_with_update_on_login(
     assert sim.calls.operations() == ["generate_login_url"]
 
     sim.calls.clear()
-    updating = connector_for(update_on_login=True)
+    updating = connector_for(update_on_login=True, adopt_privileged_accounts=True)
     result = await updating.sign_in(renamed, plain.account, None)
     assert result.action is ProvisionAction.UPDATED
     assert sim.calls.operations() == ["get_user", "update_user", "generate_login_url"]
@@ -408,3 +413,169 @@ async def test_the_connector_is_embed_capable(
     connector_for: Callable[..., DamstraConnector]
 ) -> None:
     assert isinstance(connector_for(), EmbedCapable)
+
+
+# -- revalidation, privileged accounts and numeric ids (issues 10 and 12) --------------------
+
+ADA = Identity(idp="corp", subject="sub-ada")
+
+
+def provisioner_for(connector: DamstraConnector, now: list[float]) -> Provisioner:
+    """The real Provisioner over a MemoryStore, both on the test's clock."""
+    store = MemoryStore(clock=lambda: now[0])
+    return Provisioner("lms", connector.app, connector, store, clock=lambda: now[0])
+
+
+@pytest.mark.parametrize("reactivate", [True, False])
+async def test_not_current_after_caching_is_noticed_within_the_revalidation_window(
+    sim: DamstraSimulator, connector_for: Callable[..., DamstraConnector], reactivate: bool
+) -> None:
+    now = [1_800_000_000.0]
+    prov = provisioner_for(connector_for(revalidate_seconds=3600, reactivate=reactivate), now)
+    first = await prov.sign_in(ADA, profile(), None)
+    uid = int(first.account.user_id)
+    now[0] += 600
+    sim.calls.clear()
+    await prov.sign_in(ADA, profile(), None)
+    assert sim.calls.operations() == ["generate_login_url"]  # returning: one call
+
+    sim.set_status(uid, NOT_CURRENT)  # an admin marks the employee Not Current
+    now[0] += 600
+    sim.calls.clear()
+    inside = await prov.sign_in(ADA, profile(), None)
+    # Inside the window nobody looks (one call), so this link lands on Damstra's refusal.
+    assert sim.calls.operations() == ["generate_login_url"]
+    assert (await follow(inside.url, sim)).status_code == 403
+
+    now[0] += 2400  # 3600 s after the last check, though the last sign-in was 10 min ago
+    sim.calls.clear()
+    if reactivate:
+        after = await prov.sign_in(ADA, profile(), None)
+        assert sim.calls.operations() == ["get_user", "activate_user", "generate_login_url"]
+        assert after.action is ProvisionAction.REACTIVATED
+        assert sim.users[uid]["clientStatusId"] == 56
+        assert "Signed in to Damstra Learning" in (await follow(after.url, sim)).text
+        now[0] += 60
+        sim.calls.clear()
+        await prov.sign_in(ADA, profile(), None)
+        assert sim.calls.operations() == ["generate_login_url"]  # checked again just now
+    else:
+        for _ in range(2):  # refused every time until an admin reactivates the account
+            sim.calls.clear()
+            with pytest.raises(AccountInactive) as caught:
+                await prov.sign_in(ADA, profile(), None)
+            assert caught.value.status == 403
+            assert sim.calls.operations() == ["get_user"]
+            now[0] += 60
+        assert sim.users[uid]["clientStatusId"] == NOT_CURRENT
+
+
+async def test_privileged_account_is_refused_and_nothing_is_cached(
+    sim: DamstraSimulator, connector_for: Callable[..., DamstraConnector]
+) -> None:
+    uid = sim.add_user("Ada", "Byron", "ada@example.com", roles=(3,))
+    prov = provisioner_for(connector_for(update_on_login=True), [1_800_000_000.0])
+    with pytest.raises(PrivilegedAccount):
+        await prov.sign_in(ADA, profile(), None)
+    assert sim.calls.operations() == ["search_users"]
+    assert sim.users[uid]["lastName"] == "Byron" and sim.users[uid]["roles"] == [3]
+    assert await prov.cached_account(ADA) is None
+
+
+@pytest.mark.parametrize(("roles", "supervised", "mapped", "refused"), [
+    ((6,), (), None, False),
+    ((3,), (), None, True),  # ADMIN
+    ((7,), (), None, True),  # OWNER
+    ((4,), (), None, True),  # EDITOR
+    ((5,), (), None, True),  # SUPERVISOR
+    ((8,), (), None, True),  # INSTRUCTOR not mapped for this employee
+    ((8,), (), "instructor", False),  # INSTRUCTOR is what the app maps: ours to use
+    ((6, 3), (), "instructor", True),
+    ((6,), (11,), None, True),  # supervises a group
+    ((5,), (11,), "supervisor", False),
+])
+async def test_which_damstra_roles_are_privileged(
+    sim: DamstraSimulator, connector_for: Callable[..., DamstraConnector],
+    roles: tuple[int, ...], supervised: tuple[int, ...], mapped: str | None, refused: bool,
+) -> None:
+    uid = sim.add_user("Ada", "Lovelace", "ada@example.com")
+    sim.set_roles(uid, roles, supervised)
+    employee = profile(role=mapped)
+    if refused:
+        with pytest.raises(PrivilegedAccount):
+            await connector_for().sign_in(employee, None, None)
+        assert "generate_login_url" not in sim.calls.operations()
+    else:
+        result = await connector_for().sign_in(employee, None, None)
+        assert result.account.user_id == str(uid)
+
+
+# "123" in Arabic-Indic, fullwidth, Persian and Devanagari digits: all str.isdigit().
+UNICODE_DIGITS = ("\u0661\u0662\u0663", "\uff11\uff12\uff13", "\u06f1\u06f2\u06f3",
+                  "\u0967\u0968\u0969")
+ARABIC_INDIC = str.maketrans("0123456789", "".join(chr(0x660 + d) for d in range(10)))
+
+
+async def test_lesson_ids_that_are_not_ascii_digits_never_reach_damstra(
+    sim: DamstraSimulator, connector_for: Callable[..., DamstraConnector]
+) -> None:
+    uid = sim.add_user("Ada", "Lovelace", "ada@example.com")
+    sid = sim.assign_lesson(uid, "Working at heights")
+    # The same number written in other scripts' digits: str.isdigit() says yes, int() maps
+    # them to this very lesson schedule.
+    table = ARABIC_INDIC
+    connector = connector_for()
+    sim.calls.clear()
+    for bad in (str(sid).translate(table), *UNICODE_DIGITS, f"{sid} ", f"+{sid}", "-1",
+                "1" * 21, f"{sid}/../1", ""):
+        with pytest.raises(NotFound) as caught:
+            await connector.embed_url(str(uid), bad)
+        assert caught.value.status == 404
+    with pytest.raises(NotFound):
+        await connector.embed_url(str(uid).translate(table), str(sid))
+    assert len(sim.calls) == 0
+    assert (await connector.embed_url(str(uid), str(sid))).startswith(BASE)
+
+
+async def test_a_cached_user_id_that_is_not_ascii_digits_is_never_put_in_a_path(
+    sim: DamstraSimulator, connector_for: Callable[..., DamstraConnector]
+) -> None:
+    uid = sim.add_user("Ada", "Lovelace", "ada@example.com")
+    forged = LmsAccount(str(uid).translate(ARABIC_INDIC), profile().digest())
+    result = await connector_for().sign_in(profile(), forged, None)
+    assert result.account.user_id == str(uid)
+    assert [c.path for c in sim.calls if "/user/" in c.path] == [
+        f"/api/v2/user/{uid}/generate_login_url"]
+
+
+async def test_hostile_ids_in_damstra_answers_are_not_used(sim: DamstraSimulator) -> None:
+    """A search answer whose ids are not ASCII digits is ignored: the user is created."""
+    created: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "GET" and path.endswith("/user"):
+            return httpx.Response(200, json={"results": [
+                {"id": "1001".translate(ARABIC_INDIC), "emailAddress": "ada@example.com",
+                 "clientStatusId": 56},
+                {"id": -3, "emailAddress": "ada@example.com"},
+                {"id": True, "emailAddress": "ada@example.com"}]})
+        if request.method == "POST" and path.endswith("/user"):
+            created.append(path)
+            return httpx.Response(200, json={"id": "\uff11\uff12"})
+        return httpx.Response(500)
+
+    connector = make_connector(make_app(), httpx.MockTransport(handle))
+    with pytest.raises(ConnectorError):  # the created id is not a Damstra id either
+        await connector.sign_in(profile(), None, None)
+    assert len(created) == 1
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (0, "0"), (1001, "1001"), ("1001", "1001"), ("0" * 20, "0" * 20),
+    (-1, None), (True, None), (1.0, None), (None, None), ("", None), ("1" * 21, None),
+    *((digits, None) for digits in UNICODE_DIGITS), ("\u00b2", None), ("12\n", None),
+    (" 12", None), ("+1", None),
+])
+def test_numeric_ids_are_ascii_digits_only(value: object, expected: str | None) -> None:
+    assert numeric_id(value) == expected

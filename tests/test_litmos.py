@@ -15,9 +15,18 @@ import pytest
 
 from gateway.connectors.base import LmsAccount, ProvisionAction
 from gateway.connectors.litmos import REGION_URLS, LitmosConnector
-from gateway.errors import AccountGone, AccountInactive, ConnectorError, UnsafeTarget
+from gateway.errors import (
+    AccountGone,
+    AccountInactive,
+    ConnectorError,
+    PrivilegedAccount,
+    UnsafeTarget,
+)
+from gateway.identity import Identity
+from gateway.provisioning import Provisioner
 from gateway.sandbox.litmos import LitmosSimulator
 from gateway.settings import AppSettings, LitmosSettings, Secret
+from gateway.store.memory import MemoryStore
 from tests.connector_conformance import make_http, profile
 
 KEY = "litmos-key-0123456789abcdef"
@@ -142,7 +151,7 @@ async def test_course_deep_link(env: Env) -> None:
 
 @pytest.mark.parametrize("target", [
     "course:abc", "course:", "course:1&c=2", "course:1/2", "lesson:1", "Course:1",
-    "course:1 ", "course:١٢", "https://acme.litmos.com/x",
+    "course:1 ", "course:\u0661\u0662", "https://acme.litmos.com/x",
 ])
 async def test_other_targets_are_refused(env: Env, target: str) -> None:
     with pytest.raises(UnsafeTarget):
@@ -309,3 +318,113 @@ async def test_sim_answers_are_escaped_and_parse(api: Any) -> None:
     raw = (await client.get("/users/x@example.com")).text
     assert json.loads(raw)["FirstName"] == "&lt;b&gt;"
     assert "O&#39;Brien" in raw
+
+
+# -- deactivation, privileged accounts, ids (issues 10 and 12) -------------------------------
+
+ADA = Identity(idp="corp", subject="sub-ada")
+
+
+@pytest.mark.parametrize("reactivate", [True, False])
+async def test_deactivated_after_caching_is_noticed_on_the_next_sign_in(reactivate: bool) -> None:
+    """Litmos hands out the LoginKey from a read of the user, so every returning sign-in
+    already sees ``Active``; revalidation costs nothing extra here."""
+    e = Env(reactivate=reactivate, revalidate_seconds=3600)
+    now = [1_800_000_000.0]
+    prov = Provisioner("lit", e.app, e.connector, MemoryStore(clock=lambda: now[0]),
+                       clock=lambda: now[0])
+    try:
+        first = await prov.sign_in(ADA, profile(30), None)
+        now[0] += 60
+        before = len(e.ops())
+        await prov.sign_in(ADA, profile(30), None)
+        assert e.ops()[before:] == ["GET /users/{id}"]
+        e.sim.set_active(first.account.user_id, False)  # an admin deactivates the user
+        now[0] += 60
+        before = len(e.ops())
+        if reactivate:
+            again = await prov.sign_in(ADA, profile(30), None)
+            assert again.action is ProvisionAction.REACTIVATED
+            assert e.ops()[before:] == ["GET /users/{id}", "PUT /users/{id}"]
+            assert (await e.browser.get(again.url)).status_code == 200
+        else:
+            with pytest.raises(AccountInactive):
+                await prov.sign_in(ADA, profile(30), None)
+            assert e.ops()[before:] == ["GET /users/{id}"]
+            assert e.sim.users[first.account.user_id].Active is False
+        now[0] += 3600  # the check after the window is the same single read
+        before = len(e.ops())
+        if reactivate:
+            await prov.sign_in(ADA, profile(30), None)
+            assert e.ops()[before:] == ["GET /users/{id}"]
+    finally:
+        await e.close()
+
+
+@pytest.mark.parametrize(("level", "mapped", "refused"), [
+    ("Learner", None, False),
+    ("Administrator", None, True),
+    ("Account_Owner", None, True),
+    ("Account Owner", None, True),
+    ("Team_Leader", None, True),
+    ("TeamLeader", None, True),
+    ("Team_Leader", "Team_Leader", False),  # what the app maps: an account we may have made
+    ("TeamLeader", "Team_Leader", False),
+    ("Administrator", "Team_Leader", True),
+    ("", None, True),
+    ("Something_New", None, True),
+])
+async def test_which_access_levels_are_privileged(
+    level: str, mapped: str | None, refused: bool
+) -> None:
+    e = Env(update_on_login=True, teams=("allstaff",))
+    try:
+        e.sim.add_team("All staff", "allstaff")
+        user = e.sim.add_user("employee31@example.com", "Ada", "Byron", access_level=level)
+        employee = profile(31, role=mapped)
+        if refused:
+            with pytest.raises(PrivilegedAccount) as caught:
+                await e.connector.sign_in(employee, None, None)
+            assert caught.value.status == 403
+            assert e.ops() == ["GET /users/{id}"]  # no PUT, no team change, no link handed out
+            assert (user.LastName, user.AccessLevel) == ("Byron", level)
+            assert e.sim.teams["allstaff"].members == set()
+        else:
+            result = await e.connector.sign_in(employee, None, None)
+            assert result.account.user_id == user.Id
+    finally:
+        await e.close()
+
+
+async def test_an_admin_created_in_a_create_race_is_not_adopted(env: Env) -> None:
+    def an_admin_appears(request: httpx.Request) -> None:
+        if request.method == "POST" and request.url.path.endswith("/users"):
+            env.sim.add_user("employee32@example.com", "Ada", "Admin",
+                             access_level="Administrator")
+
+    env.before_send.append(an_admin_appears)
+    with pytest.raises(PrivilegedAccount):
+        await env.connector.sign_in(profile(32), None, None)
+    assert "PUT /users/{id}" not in env.ops()
+
+
+@pytest.mark.parametrize("hostile_id", [
+    "\uff55\uff53\uff45\uff52\uff11", "\u0661\u0662\u0663", "a b", "a/../b", "x" * 65, "", 42])
+async def test_user_ids_from_litmos_outside_the_safe_charset_are_refused(
+    hostile_id: object,
+) -> None:
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        return httpx.Response(200, json={
+            "Id": hostile_id, "UserName": "employee33@example.com", "AccessLevel": "Learner",
+            "Active": False, "LoginKey": f"https://{HOST}/login.aspx?loginkey=k"})
+
+    app = AppSettings(connector="litmos", idps=("corp",),
+                      litmos=LitmosSettings(api_key=Secret(KEY), login_host=HOST))
+    connector = LitmosConnector("lit", app, make_http("lit", httpx.AsyncClient(
+        transport=httpx.MockTransport(handle))))
+    with pytest.raises(ConnectorError):
+        await connector.sign_in(profile(33), None, None)
+    assert len(seen) == 1  # never used in a PUT path

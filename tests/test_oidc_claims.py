@@ -8,11 +8,20 @@ import pytest
 
 from gateway.auth.claims import map_identity, preset_for
 from gateway.errors import AccessDenied, TokenValidationError
-from gateway.settings import ClaimMapping
+from gateway.settings import ClaimMapping, OidcIdpSettings
+
+
+def settings(preset: str, overrides: dict[str, str] | None = None, **kw: Any) -> OidcIdpSettings:
+    if preset == "google":
+        kw.setdefault("hosted_domains", ("acme.example", "contoso.example"))
+    return OidcIdpSettings(
+        type="oidc", issuer="https://idp.example", client_id="c", preset=preset,  # type: ignore[arg-type]
+        claims=ClaimMapping(**(overrides or {})), **kw,
+    )
 
 
 def identity(preset: str, claims: dict[str, Any], **overrides: str) -> Any:
-    return map_identity("idp", claims, preset_for(preset, ClaimMapping(**overrides)))
+    return map_identity("idp", claims, preset_for(settings(preset, overrides)))
 
 
 ENTRA: dict[str, Any] = {
@@ -23,12 +32,30 @@ ENTRA: dict[str, Any] = {
 }
 
 
-def test_entra_uses_oid_as_subject_and_upn_style_email() -> None:
+def test_entra_uses_oid_as_subject_and_no_email_from_preferred_username() -> None:
     person = identity("entra", ENTRA)
     assert person.subject == ENTRA["oid"]
-    assert person.email == "ada@contoso.example"
+    # Microsoft: preferred_username is mutable and not a verified address; never an e-mail
+    # unless the operator opts in.
+    assert person.email is None
     assert person.employee_number == "100042"
     assert person.groups == ("0c1f-group-a", "0c1f-group-b")
+
+
+def entra_opted_in(claims: dict[str, Any]) -> Any:
+    return map_identity("idp", claims, preset_for(settings(
+        "entra", email_from_unverified_claims=True, email_domains=("contoso.example",))))
+
+
+def test_entra_upn_only_token_has_no_email_unless_opted_in() -> None:
+    claims = {k: v for k, v in ENTRA.items() if k != "preferred_username"}
+    claims["upn"] = "ada@contoso.example"
+    assert identity("entra", claims).email is None
+    assert entra_opted_in(claims).email == "ada@contoso.example"
+    assert entra_opted_in(ENTRA).email == "ada@contoso.example"
+    # the verified-address claim still wins when both are present
+    assert entra_opted_in({**ENTRA, "email": "ada.l@contoso.example"}).email == (
+        "ada.l@contoso.example")
 
 
 def test_entra_email_claim_preferred_over_preferred_username() -> None:
@@ -50,7 +77,7 @@ def test_entra_groups_overage_gives_no_groups() -> None:
 
 def test_entra_non_address_username_is_not_an_email() -> None:
     claims = {**ENTRA, "preferred_username": "CONTOSO\\ada"}
-    assert identity("entra", claims).email is None
+    assert entra_opted_in(claims).email is None
 
 
 def test_google_requires_workspace_domain_and_verified_email() -> None:
@@ -58,9 +85,26 @@ def test_google_requires_workspace_domain_and_verified_email() -> None:
             "hd": "acme.example", "given_name": "Ada", "family_name": "L"}
     person = identity("google", base)
     assert (person.subject, person.email, person.groups) == ("1099", "ada@acme.example", ())
-    assert identity("google", {**base, "email_verified": None}).email is None
+    with pytest.raises(AccessDenied, match="verified"):
+        identity("google", {**base, "email_verified": None})
     with pytest.raises(AccessDenied, match="hd"):
         identity("google", {k: v for k, v in base.items() if k != "hd"})
+
+
+@pytest.mark.parametrize("hd", ["evil.example", "acme.example.evil", "sub.acme.example",
+                                "acme", "", 7, ["acme.example"]])
+def test_google_other_workspace_tenant_refused(hd: Any) -> None:
+    claims = {"sub": "1099", "email": "ada@acme.example", "email_verified": True, "hd": hd}
+    with pytest.raises(AccessDenied, match=r"hd|Workspace"):
+        identity("google", claims)
+
+
+def test_google_hd_compared_case_insensitively_and_fails_closed_without_config() -> None:
+    claims = {"sub": "1099", "email": "ada@acme.example", "email_verified": True,
+              "hd": "ACME.Example"}
+    assert identity("google", claims).email == "ada@acme.example"
+    with pytest.raises(AccessDenied, match="hosted_domains"):
+        map_identity("idp", claims, preset_for(settings("google", hosted_domains=())))
 
 
 @pytest.mark.parametrize("preset", ["generic", "entra", "okta", "google", "keycloak"])
@@ -68,7 +112,9 @@ def test_google_requires_workspace_domain_and_verified_email() -> None:
 def test_explicitly_unverified_email_refused_by_every_preset(preset: str, flag: Any) -> None:
     claims = {**ENTRA, "sub": "s", "hd": "contoso.example", "email": "ada@contoso.example",
               "email_verified": flag}
-    assert identity(preset, claims).email is None
+    # a clear refusal (the operator's log says why), not an identity quietly without e-mail
+    with pytest.raises(AccessDenied, match="not verified"):
+        identity(preset, claims)
 
 
 def test_okta_employee_number_and_groups() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.auth.base import LoginRequest
 from gateway.auth.oidc import OidcFrontDoor
-from gateway.errors import IdpRejected, LoginStateError, ReplayDetected
+from gateway.errors import AccessDenied, IdpRejected, LoginStateError, ReplayDetected
 from gateway.observability import Metrics
 from gateway.settings import OidcIdpSettings, Secret
 from gateway.store.memory import MemoryStore
@@ -57,15 +57,16 @@ async def test_sign_in_at_real_provider_yields_the_employee(oidc_op: OidcOp, use
     assert request == LoginRequest(app="skyprep", target="/courses")
 
 
-async def test_unverified_email_not_used(oidc_op: OidcOp) -> None:
+async def test_unverified_email_refused(oidc_op: OidcOp) -> None:
     async with httpx.AsyncClient() as http, httpx.AsyncClient() as browser:
         door = door_for(oidc_op, http)
         redirect = await door.begin(LoginRequest(app="skyprep"))
         callback = await oidc_op.drive_login(browser, redirect.url, "mallory")
         params = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
-        identity, _ = await door.complete(params, redirect.browser_token)
-    assert identity.subject == oidc_op.employees["mallory"]["sub"]
-    assert identity.email is None  # email_verified is false at the provider
+        # email_verified is false at the provider: a clear refusal (claims.py, OIDC Core 5.1),
+        # after the ID token and the token response passed every check.
+        with pytest.raises(AccessDenied, match="not verified"):
+            await door.complete(params, redirect.browser_token)
 
 
 async def test_replayed_callback_refused_and_foreign_browser_refused(oidc_op: OidcOp) -> None:

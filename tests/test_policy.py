@@ -93,3 +93,57 @@ def test_profile_digest_changes_with_content() -> None:
     b = profile_for("t", app(), renamed)
     assert a.digest() != b.digest()
     assert a.digest() == profile_for("t", app(), ADA).digest()
+
+
+# --- the trust model: groups and roles only from the IdPs the app trusts for them -----------
+
+
+def two_idps(**kw: object) -> AppSettings:
+    return AppSettings(connector="skyprep", idps=("okta", "partner"), **kw)  # type: ignore[arg-type]
+
+
+def person(idp: str, *groups: str) -> Identity:
+    return Identity(idp=idp, subject="s1", email=f"x@{idp}.example", groups=groups)
+
+
+def test_groups_from_an_idp_not_trusted_for_groups_do_not_count() -> None:
+    rules = two_idps(
+        required_groups=("Staff",), group_map={"Staff": "All staff"}, group_idps=("okta",)
+    )
+    assert profile_for("t", rules, person("okta", "Staff")).groups == ("All staff",)
+    # The partner IdP names a group the same way: it is not the app's "Staff".
+    with pytest.raises(AccessDenied, match="required groups"):
+        profile_for("t", rules, person("partner", "Staff"))
+    mapped = two_idps(group_map={"Staff": "All staff"}, group_idps=("okta",))
+    assert profile_for("t", mapped, person("partner", "Staff")).groups == ()
+
+
+def test_role_map_applies_only_to_idps_trusted_for_roles() -> None:
+    rules = two_idps(
+        role_map={"Admins": "admin"},
+        default_role="learner",
+        group_idps=("okta", "partner"),
+        role_idps=("okta",),
+    )
+    assert profile_for("t", rules, person("okta", "Admins")).role == "admin"
+    assert profile_for("t", rules, person("partner", "Admins")).role == "learner"
+
+
+def test_several_idps_without_group_or_role_idps_trust_nobody_for_them() -> None:
+    rules = two_idps(group_map={"Staff": "All staff"}, role_map={"Admins": "admin"})
+    profile = profile_for("t", rules, person("okta", "Staff", "Admins"))
+    assert profile.groups == () and profile.role is None
+
+
+def test_subject_username_refused_for_an_app_with_several_idps() -> None:
+    with pytest.raises(AccessDenied, match="ambiguous"):
+        profile_for("t", two_idps(username="subject"), person("partner"))
+
+
+@pytest.mark.parametrize(
+    "email",
+    ['"a@evil.example"@example.com', "a@exa\x00mple.com", "a\x7f@example.com"],
+)
+def test_addresses_an_lms_could_read_differently_are_unusable(email: str) -> None:
+    with pytest.raises(AccessDenied, match="usable e-mail"):
+        profile_for("t", app(), Identity(idp="okta", subject="x", email=email))

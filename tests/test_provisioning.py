@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import uuid
 from dataclasses import dataclass, field, replace
 
@@ -56,14 +57,17 @@ class FakeConnector:
         self.lms = lms
         self.update_on_login = update_on_login
         self.known_seen: list[LmsAccount | None] = []
+        self.verify_seen: list[bool] = []
 
     async def test_connection(self) -> None:
         await self.lms.call("ping")
 
     async def sign_in(
-        self, profile: Profile, known: LmsAccount | None, target: str | None
+        self, profile: Profile, known: LmsAccount | None, target: str | None, *,
+        verify: bool = False,
     ) -> SignIn:
         self.known_seen.append(known)
+        self.verify_seen.append(verify)
         lms = self.lms
         action = ProvisionAction.NONE
         if known is not None:
@@ -124,8 +128,9 @@ def provisioner(
     metrics: Metrics | None = None,
     **kwargs: object,
 ) -> Provisioner:
-    settings = app_settings(**{k: v for k, v in kwargs.items() if k == "account_cache_seconds"})
-    timing = {k: v for k, v in kwargs.items() if k in ("lock_ttl", "wait_timeout")}
+    settings = app_settings(**{k: v for k, v in kwargs.items()
+                               if k in ("account_cache_seconds", "revalidate_seconds")})
+    timing = {k: v for k, v in kwargs.items() if k in ("lock_ttl", "wait_timeout", "clock")}
     return Provisioner(app, settings, FakeConnector(lms), store, metrics, **timing)  # type: ignore[arg-type]
 
 
@@ -180,7 +185,8 @@ async def test_account_deleted_in_the_lms_is_provisioned_again(
 async def test_account_gone_is_retried_once_only(store: MemoryStore) -> None:
     class AlwaysGone(FakeConnector):
         async def sign_in(
-            self, profile: Profile, known: LmsAccount | None, target: str | None
+            self, profile: Profile, known: LmsAccount | None, target: str | None, *,
+            verify: bool = False,
         ) -> SignIn:
             self.known_seen.append(known)
             raise AccountGone("user not found")
@@ -375,3 +381,77 @@ async def test_store_lost_after_the_link_was_minted_still_signs_in(lms: FakeLms)
     result = await prov.sign_in(ALICE, ALICE_PROFILE, None)
     assert result.action is ProvisionAction.CREATED  # the employee gets in
     assert len(lms.accounts) == 1
+
+
+
+# -- revalidation: checked_at is moved by checks only (issue 10 item 7) ----------------------
+
+
+def clocked() -> tuple[list[float], MemoryStore]:
+    """One clock for the store's TTLs and the provisioner's checked_at."""
+    now = [1_800_000_000.0]
+    return now, MemoryStore(clock=lambda: now[0])
+
+
+async def test_returning_sign_ins_do_not_postpone_the_check(lms: FakeLms) -> None:
+    now, store = clocked()
+    prov = provisioner(lms, store, revalidate_seconds=3600, clock=lambda: now[0])
+    connector = prov.connector
+    assert isinstance(connector, FakeConnector)
+    await prov.sign_in(ALICE, ALICE_PROFILE, None)  # found/created: checked now
+    # Sign-ins every 20 minutes: each is one call and none extends the check.
+    for _ in range(2):
+        now[0] += 1200
+        lms.calls.clear()
+        await prov.sign_in(ALICE, ALICE_PROFILE, None)
+        assert lms.calls == ["login_link"]
+    now[0] += 1200  # 3600 s after the check, although the last sign-in was 20 min ago
+    await prov.sign_in(ALICE, ALICE_PROFILE, None)
+    now[0] += 1200
+    await prov.sign_in(ALICE, ALICE_PROFILE, None)
+    assert connector.verify_seen == [False, False, False, True, False]
+
+
+async def test_revalidate_zero_checks_every_sign_in(lms: FakeLms, store: MemoryStore) -> None:
+    prov = provisioner(lms, store, revalidate_seconds=0)
+    connector = prov.connector
+    assert isinstance(connector, FakeConnector)
+    for _ in range(3):
+        await prov.sign_in(ALICE, ALICE_PROFILE, None)
+    assert connector.verify_seen == [False, True, True]
+
+
+async def test_an_active_employees_entry_expires_from_its_check_not_its_last_use(
+    lms: FakeLms,
+) -> None:
+    now, store = clocked()
+    prov = provisioner(lms, store, account_cache_seconds=3600, revalidate_seconds=86400,
+                       clock=lambda: now[0])
+    await prov.sign_in(ALICE, ALICE_PROFILE, None)
+    now[0] += 3000
+    lms.calls.clear()
+    await prov.sign_in(ALICE, ALICE_PROFILE, None)
+    assert lms.calls == ["login_link"]
+    now[0] += 601  # 3601 s after the entry was written by a check: gone, although used
+    lms.calls.clear()
+    await prov.sign_in(ALICE, ALICE_PROFILE, None)
+    assert lms.calls == ["find", "login_link"]
+
+
+@pytest.mark.parametrize("checked_at", [None, "yesterday", True, 4_000_000_000.0,
+                                        float("nan"), float("inf")])
+async def test_entries_without_a_believable_check_time_are_checked(
+    lms: FakeLms, checked_at: object
+) -> None:
+    now, store = clocked()
+    prov = provisioner(lms, store, clock=lambda: now[0])
+    connector = prov.connector
+    assert isinstance(connector, FakeConnector)
+    first = await prov.sign_in(ALICE, ALICE_PROFILE, None)
+    entry: dict[str, object] = {"user_id": first.account.user_id,
+                                "profile_digest": first.account.profile_digest}
+    if checked_at is not None:
+        entry["checked_at"] = checked_at  # older versions wrote none; the future is not ours
+    await store.set(prov._keys(ALICE)[0], json.dumps(entry).encode(), 3600)
+    await prov.sign_in(ALICE, ALICE_PROFILE, None)
+    assert connector.verify_seen == [False, True]

@@ -44,6 +44,9 @@ ACS = "https://gateway.corp.example/auth/corp/acs"
 class Harness:
     def __init__(self, door: SamlFrontDoor, idp: HostileIdp, store: MemoryStore, metrics: Metrics):
         self.door, self.idp, self.store, self.metrics = door, idp, store, metrics
+        # The browser token of each login begun, by RelayState: posts default to the browser
+        # that started the login, as a real one would (the binding cookie is required).
+        self.browsers: dict[str, str] = {}
 
     async def begin(self) -> tuple[str, str, str]:
         """Start a login; returns (request id, RelayState, browser token)."""
@@ -51,11 +54,14 @@ class Harness:
         query = parse_qs(urlsplit(redirect.url).query)
         xml = zlib.decompress(base64.b64decode(query["SAMLRequest"][0]), -15)
         request_id = etree.fromstring(xml).get("ID")
+        self.browsers[query["RelayState"][0]] = redirect.browser_token
         return request_id, query["RelayState"][0], redirect.browser_token
 
     async def post(self, response: etree._Element | str, relay: str | None = None,
                    browser: str | None = None):
         body = response if isinstance(response, str) else encode(response)
+        if browser is None and relay is not None:
+            browser = self.browsers.get(relay)
         return await self.door.complete(body, relay, browser, unsolicited)
 
 
@@ -359,10 +365,15 @@ async def test_foreign_browser_and_relay_state(h: Harness) -> None:
     rid, relay, _ = await h.begin()
     _, relay2, _ = await h.begin()
     await refused(h, LoginStateError, h.idp.signed_response(in_response_to=rid), relay2)
-    # Absent cookie (browser did not send it): accepted, bind where the browser allows.
-    rid3, relay3, _ = await h.begin()
-    identity, _ = await h.post(h.idp.signed_response(in_response_to=rid3), relay3, None)
-    assert identity.subject == "alice@corp.example"
+    # Absent cookie (login CSRF: a page auto-posts someone's response): refused, and the
+    # pending request is consumed, so not even the right browser can use it afterwards.
+    rid3, relay3, browser3 = await h.begin()
+    response3 = h.idp.signed_response(in_response_to=rid3)
+    with pytest.raises(LoginStateError):
+        await h.door.complete(encode(response3), relay3, None, unsolicited)
+    with pytest.raises(LoginStateError):
+        await h.door.complete(encode(h.idp.signed_response(in_response_to=rid3)), relay3,
+                              browser3, unsolicited)
 
 
 # --- exact matches, times, status -------------------------------------------------------------

@@ -19,10 +19,12 @@ from lxml import etree
 
 import gateway.auth.saml as saml_module
 from gateway.auth.base import LoginRequest
+from gateway.auth.confirm import SignInConfirmations
 from gateway.auth.saml import SamlFrontDoor
 from gateway.auth.saml_attributes import to_identity
 from gateway.auth.saml_checks import VerifiedAssertion
-from gateway.errors import GatewayError, TokenValidationError
+from gateway.errors import GatewayError, LoginStateError, TokenValidationError
+from gateway.identity import Identity
 from gateway.settings import ClaimMapping, SamlIdpSettings
 from gateway.store.memory import MemoryStore
 from tests.support.saml_attacks import HostileIdp, encode, make_keypair
@@ -150,3 +152,95 @@ async def test_saml_response_never_logged(tmp_path: Path, caplog) -> None:
     with pytest.raises(GatewayError):
         await h.door.complete(good[:-8] + "AAAAAA==", relay, None, lambda r: LoginRequest())
     assert good[20:80] not in caplog.text
+
+
+# --- login CSRF: the browser binding and held IdP-initiated sign-ins ---------------------------
+
+def _request_id(url: str) -> tuple[str, str]:
+    query = parse_qs(urlsplit(url).query)
+    xml = zlib.decompress(base64.b64decode(query["SAMLRequest"][0]), -15)
+    return etree.fromstring(xml).get("ID"), query["RelayState"][0]
+
+
+def _no_unsolicited(relay: str | None) -> LoginRequest:
+    raise AssertionError("a solicited response must not reach the unsolicited resolver")
+
+
+async def test_response_without_binding_cookie_is_refused_and_burns_the_request(
+    tmp_path: Path,
+) -> None:
+    """An attacker's page auto-posts the attacker's fresh response to a victim's browser,
+    which never started that login and so has no binding cookie."""
+    h = await make_harness(tmp_path)
+    redirect = await h.door.begin(LoginRequest(app="lms"))
+    rid, relay = _request_id(redirect.url)
+    with pytest.raises(LoginStateError) as info:
+        await h.door.complete(encode(h.idp.signed_response(in_response_to=rid)), relay, None,
+                              _no_unsolicited)
+    assert "another browser" in info.value.public and "start again" in info.value.public
+    # Consumed: not even the right browser (or a fresh response for it) gets it now.
+    with pytest.raises(LoginStateError):
+        await h.door.complete(encode(h.idp.signed_response(in_response_to=rid)), relay,
+                              redirect.browser_token, _no_unsolicited)
+
+
+async def test_response_with_foreign_binding_cookie_is_refused(tmp_path: Path) -> None:
+    h = await make_harness(tmp_path)
+    victim = await h.door.begin(LoginRequest(app="lms"))
+    attacker = await h.door.begin(LoginRequest(app="lms"))
+    rid, relay = _request_id(attacker.url)
+    with pytest.raises(LoginStateError):
+        await h.door.complete(encode(h.idp.signed_response(in_response_to=rid)), relay,
+                              victim.browser_token, _no_unsolicited)
+
+
+async def test_the_starting_browser_still_signs_in(tmp_path: Path) -> None:
+    h = await make_harness(tmp_path)
+    redirect = await h.door.begin(LoginRequest(app="lms", target="/course/1"))
+    rid, relay = _request_id(redirect.url)
+    identity, login = await h.door.complete(
+        encode(h.idp.signed_response(in_response_to=rid)), relay, redirect.browser_token,
+        _no_unsolicited)
+    assert identity.subject == "alice@corp.example"
+    assert login == LoginRequest(app="lms", target="/course/1")
+
+
+async def test_held_sign_in_is_bound_to_its_browser_and_single_use(tmp_path: Path) -> None:
+    h = await make_harness(tmp_path, allow_idp_initiated=True)
+    identity, login = await h.door.complete(encode(h.idp.signed_response()), "lms", None,
+                                            lambda relay: LoginRequest(app="lms"))
+    confirmations = h.door.confirmations
+    browser = await confirmations.hold(identity, login)
+    held = await confirmations.peek(browser)
+    assert (held.identity, held.login) == (identity, login)
+    assert await confirmations.peek(browser) == held  # showing the page again is fine
+    for other in (None, "", "another-browser"):
+        with pytest.raises(LoginStateError):
+            await confirmations.take(other, held.csrf)
+    taken = await confirmations.take(browser, held.csrf)
+    assert taken.identity == identity and taken.identity.groups == identity.groups
+    with pytest.raises(LoginStateError):  # replay
+        await confirmations.take(browser, held.csrf)
+    # A wrong CSRF token consumes it too: one guess, then start again.
+    browser = await confirmations.hold(identity, login)
+    with pytest.raises(LoginStateError):
+        await confirmations.take(browser, "guess")
+    with pytest.raises(LoginStateError):
+        await confirmations.take(browser, held.csrf)
+    browser = await confirmations.hold(identity, login)
+    await confirmations.discard(browser)
+    with pytest.raises(LoginStateError):
+        await confirmations.peek(browser)
+
+
+async def test_held_sign_in_expires(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    confirmations = SignInConfirmations(store, "saml:corp:confirm", ttl=300)
+    identity = Identity(idp="corp", subject="s", email="a@corp.example", groups=("g",))
+    browser = await confirmations.hold(identity, LoginRequest(app="lms"))
+    held = await confirmations.peek(browser)
+    now[0] += 301
+    with pytest.raises(LoginStateError):
+        await confirmations.take(browser, held.csrf)
+    assert held.csrf not in repr(held)

@@ -14,7 +14,7 @@ from lxml import etree
 from gateway.auth.base import LoginRequest
 from gateway.auth.saml import SamlFrontDoor
 from gateway.auth.saml_xml import validate_schema
-from gateway.errors import LoginStateError, NotFound, ReplayDetected
+from gateway.errors import LoginStateError, NotFound, ReplayDetected, TokenValidationError
 from gateway.settings import SamlIdpSettings
 from gateway.store.memory import MemoryStore
 from tests.support.saml_attacks import make_keypair
@@ -63,8 +63,10 @@ async def browser() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+# SimpleSAMLphp 1.19 encrypts with RSA-OAEP + AES128-CBC (hard-coded in saml2's
+# EncryptedAssertion), so its encrypted variant needs the legacy CBC switch.
 @pytest.mark.parametrize("variant", [
-    {}, {"encrypt": True}, {"sign_requests": True},
+    {}, {"encrypt": True, "allow_legacy_cbc_encryption": True}, {"sign_requests": True},
     {"signed": "both", "sign_response": True},
 ])
 async def test_sp_initiated_login(simplesamlphp: SimpleSamlPhp, tmp_path: Path,
@@ -80,6 +82,16 @@ async def test_sp_initiated_login(simplesamlphp: SimpleSamlPhp, tmp_path: Path,
         assert identity.groups == ("staff", "trainers")
         assert login == LoginRequest(app="lms", target="/course/7")
         with pytest.raises(ReplayDetected):
+            await door.complete(response, relay, redirect.browser_token, resolver)
+
+
+async def test_cbc_encrypted_assertion_refused_without_legacy_switch(
+    simplesamlphp: SimpleSamlPhp, tmp_path: Path, browser: httpx.AsyncClient
+) -> None:
+    async for door in make_door(simplesamlphp, tmp_path, encrypt=True):
+        redirect = await door.begin(LoginRequest(app="lms"))
+        response, relay = await drive_saml_login(browser, redirect.url, "alice", "alice-pass")
+        with pytest.raises(TokenValidationError, match="AES-CBC"):
             await door.complete(response, relay, redirect.browser_token, resolver)
 
 

@@ -20,6 +20,7 @@ from gateway.errors import (
     ConnectorError,
     LmsAuthError,
     LmsRejected,
+    PrivilegedAccount,
     UnsafeTarget,
 )
 from gateway.sandbox.skyprep import TIME_KEY_SECONDS, SkyPrepSimulator
@@ -64,11 +65,15 @@ async def env() -> AsyncIterator[Env]:
 async def test_sign_in_is_one_post_with_credentials_in_the_body(env: Env) -> None:
     employee = profile(1, groups=("Forensics Lab", "Miami PD Staff"))
     result = await env.connector.sign_in(employee, None, None)
-    assert env.sim.calls.operations() == ["get_login_key"]
-    (request,) = env.requests
-    assert request.method == "POST"
+    # First sign-in: get_user (is there an existing, possibly privileged, account?) and
+    # get_login_key; a returning one is get_login_key only.
+    assert env.sim.calls.operations() == ["get_user", "get_login_key"]
+    lookup, request = env.requests
+    for sent in (lookup, request):
+        assert sent.method == "POST"
+        assert KEY not in str(sent.url) and not sent.url.query
+        assert parse_qs(sent.content.decode())["api_key"] == [KEY]
     assert str(request.url) == "https://api.skyprep.io/admin/api/get_login_key"
-    assert KEY not in str(request.url) and not request.url.query
     body = parse_qs(request.content.decode())
     assert body["api_key"] == [KEY] and body["acct_key"] == [ACCT]
     assert body["autocreate"] == ["true"] and body["key_type"] == ["otl"]
@@ -102,7 +107,8 @@ async def test_changed_profile_is_updated_when_the_app_says_so() -> None:
         first = await e.connector.sign_in(profile(4), None, None)
         renamed = profile(4, last_name="Byron", role="manager")
         second = await e.connector.sign_in(renamed, first.account, None)
-        assert e.sim.calls.operations() == ["get_login_key", "update_user", "get_login_key"]
+        assert e.sim.calls.operations() == [
+            "get_user", "get_login_key", "update_user", "get_login_key"]
         assert second.action is ProvisionAction.UPDATED
         user = e.sim.users["employee4@example.com"]
         assert (user.last_name, user.role) == ("Byron", "manager")
@@ -157,16 +163,26 @@ async def test_key_without_route_permission_is_an_auth_error(env: Env) -> None:
     42,
 ])
 async def test_hostile_links_are_refused(env: Env, url: object) -> None:
+    # A returning employee: the answer faked here is get_login_key's, the call minting links.
+    known = LmsAccount("employee9@example.com", profile(9).digest())
     env.sim.faults.fail_next(200, {"email": "employee9@example.com", "url": url})
     with pytest.raises(ConnectorError):
-        await env.connector.sign_in(profile(9), None, None)
+        await env.connector.sign_in(profile(9), known, None)
 
 
 async def test_link_for_another_user_is_refused(env: Env) -> None:
+    known = LmsAccount("employee10@example.com", profile(10).digest())
     env.sim.faults.fail_next(200, {"email": "boss@example.com",
                                    "url": "https://acme.skyprepapp.com/account/x"})
     with pytest.raises(ConnectorError):
+        await env.connector.sign_in(profile(10), known, None)
+
+
+async def test_get_user_answer_for_another_user_is_refused(env: Env) -> None:
+    env.sim.faults.fail_next(200, {"id": 7, "email": "boss@example.com", "role": "learner"})
+    with pytest.raises(ConnectorError):
         await env.connector.sign_in(profile(10), None, None)
+    assert env.sim.calls.count("get_login_key") == 0 and env.sim.calls.count("get_user") == 1
 
 
 async def test_group_names_with_separator_are_refused(env: Env) -> None:
@@ -259,3 +275,73 @@ async def test_sim_rate_limit_per_ip(api: Any) -> None:
     assert statuses == [200, 200, 200, 429]
     limited = await client.post("/admin/api/test_connection", data=creds)
     assert int(limited.headers["Retry-After"]) >= 1
+
+
+# -- privileged accounts and numeric ids (issues 10 and 12) ---------------------------------
+
+
+@pytest.mark.parametrize(("role", "mapped", "refused"), [
+    ("learner", None, False),
+    ("Learner", None, False),
+    ("admin", None, True),
+    ("manager", None, True),
+    ("power_user", None, True),
+    ("instructor", None, True),
+    ("manager", "manager", False),  # what the app maps: an account the gateway made
+    ("admin", "manager", True),
+    ("", None, True),  # no role we can read: not adopted
+])
+async def test_which_existing_accounts_are_adopted(
+    role: str, mapped: str | None, refused: bool
+) -> None:
+    e = Env(update_on_login=True)
+    try:
+        user = e.sim.add_user("employee40@example.com", "Ada", "Byron", ["Old"], role=role)
+        employee = profile(40, role=mapped, groups=("New",))
+        if refused:
+            with pytest.raises(PrivilegedAccount) as caught:
+                await e.connector.sign_in(employee, None, None)
+            assert caught.value.status == 403
+            assert e.sim.calls.operations() == ["get_user"]  # no get_login_key, no update
+            assert (user.last_name, user.role, user.user_groups) == ("Byron", role, ["Old"])
+            assert e.sim.login_keys == {}
+        else:
+            result = await e.connector.sign_in(employee, None, None)
+            assert e.sim.calls.operations() == ["get_user", "get_login_key"]
+            assert (await e.browser.get(result.url)).status_code == 200
+    finally:
+        await e.close()
+
+
+async def test_adopting_apps_skip_the_lookup() -> None:
+    e = Env(adopt_privileged_accounts=True)
+    try:
+        e.sim.add_user("employee41@example.com", "Ada", "Admin", role="admin")
+        result = await e.connector.sign_in(profile(41), None, None)
+        assert e.sim.calls.operations() == ["get_login_key"]
+        assert (await e.browser.get(result.url)).status_code == 200
+    finally:
+        await e.close()
+
+
+async def test_a_new_e_mail_address_is_checked_like_a_first_sign_in(env: Env) -> None:
+    """The cache is keyed by IdP subject, SkyPrep accounts by e-mail: when the IdP sends
+    another address, the cached account is not the one get_login_key would sign in to."""
+    first = await env.connector.sign_in(profile(42), None, None)
+    env.sim.add_user("boss@example.com", "The", "Boss", role="admin")
+    env.sim.calls.clear()
+    with pytest.raises(PrivilegedAccount):
+        await env.connector.sign_in(profile(42, email="boss@example.com"), first.account, None)
+    assert env.sim.calls.operations() == ["get_user"]
+
+
+async def test_sim_numeric_user_ids_are_ascii_digits(api: Any) -> None:
+    sim, client, _ = api
+    creds = {"api_key": KEY, "acct_key": ACCT}
+    user = sim.add_user("u@example.com", "U", "Ser")
+    arabic = str(user.id).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    for bad in (arabic, f" {user.id}", f"{user.id}.0"):
+        answer = await client.post("/admin/api/get_user", data={**creds, "user_id": bad})
+        assert answer.status_code == 404
+    ok = await client.post("/admin/api/get_user", data={**creds, "user_id": str(user.id)})
+    assert ok.json()["role"] == "learner"

@@ -196,6 +196,41 @@ async def test_ping(store: Store) -> None:
     await store.ping()
 
 
+async def test_incr_with_ttl_counts_atomically_across_handles(stores: StorePair) -> None:
+    one, two = stores
+    results = await asyncio.gather(
+        *((one if i % 2 else two).incr_with_ttl("n", 10) for i in range(50))
+    )
+    # Every increment saw a distinct value: none was lost to a read-modify-write race.
+    assert sorted(results) == list(range(1, 51))
+    assert await one.get("n") == b"50"
+    assert await two.incr_with_ttl("n", 10, 5, anonymous=True) == 55
+    assert await one.incr_with_ttl("n", 10, -55) == 0
+
+
+async def test_incr_with_ttl_never_goes_below_zero(store: Store) -> None:
+    assert await store.incr_with_ttl("fresh", 10, -1) == 0
+    assert await store.incr_with_ttl("fresh", 10) == 1
+    assert await store.incr_with_ttl("fresh", 10, -3) == 0
+    assert await store.incr_with_ttl("fresh", 10) == 1
+
+
+async def test_incr_with_ttl_is_a_fixed_window(store: Store) -> None:
+    await store.incr_with_ttl("w", 0.4)
+    await asyncio.sleep(0.25)
+    # A later increment does not extend the counter's life...
+    assert await store.incr_with_ttl("w", 0.4) == 2
+    await asyncio.sleep(0.25)
+    # ...so it is gone 0.4 s after its creation and starts again from zero.
+    assert await store.get("w") is None
+    assert await store.incr_with_ttl("w", 0.4) == 1
+
+
+async def test_health_problems_of_a_default_store_are_none(store: Store) -> None:
+    # redis-server's default maxmemory-policy is noeviction; memory never evicts.
+    assert await store.health_problems() == []
+
+
 # --- Redis only ---------------------------------------------------------------------------
 
 
@@ -207,12 +242,16 @@ async def test_redis_keys_carry_the_prefix(redis_url: str) -> None:  # noqa: F81
         await a.set_if_absent("lock", b"1", 10)
         (await a.take_token("bucket", 600, 5))[0]
         await a.pause_bucket("paused", 5)
+        await a.incr_with_ttl("count", 10)
         keys = sorted(str(k) for k in await raw.keys("*"))
         mine = [k for k in keys if k.startswith("tenant-a:")]
-        assert mine == ["tenant-a:bucket", "tenant-a:k", "tenant-a:lock", "tenant-a:paused"]
+        assert mine == [
+            "tenant-a:bucket", "tenant-a:count", "tenant-a:k", "tenant-a:lock", "tenant-a:paused"
+        ]  # fmt: skip
         # Every other key belongs to another test's prefix; none is bare.
         assert all(k.startswith("t") and ":" in k for k in keys)
-        assert not {"k", "lock", "bucket", "paused"} & set(keys)
+        assert not {"k", "lock", "bucket", "paused", "count"} & set(keys)
+        assert 0 < await raw.ttl("tenant-a:count") <= 10
         assert 0 < await raw.ttl("tenant-a:k") <= 10
         assert await raw.ttl("tenant-a:bucket") > 0  # buckets expire too
         assert await b.get("k") is None  # another prefix sees nothing
@@ -230,8 +269,42 @@ OPERATIONS: list[tuple[str, Callable[[Store], Awaitable[object]]]] = [
     ("delete", lambda s: s.delete("k")),
     ("take_token", lambda s: s.take_token("b", 600, 5)),
     ("pause_bucket", lambda s: s.pause_bucket("b", 1)),
+    ("incr_with_ttl", lambda s: s.incr_with_ttl("n", 10)),
     ("ping", lambda s: s.ping()),
 ]
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+async def test_redis_that_may_evict_is_flagged(policy: str) -> None:
+    # Every key here has a TTL, so the volatile-* policies may evict replay-cache entries too.
+    server = RedisServer(extra_args=("--maxmemory-policy", policy))
+    try:
+        server.start()
+        store = RedisStore(server.url)
+        try:
+            (problem,) = await store.health_problems()
+            assert policy in problem and "noeviction" in problem
+        finally:
+            await store.aclose()
+    finally:
+        server.close()
+
+
+async def test_redis_without_config_permission_reports_unknown_without_failing() -> None:
+    # Managed Redis services often disable CONFIG; the check must not break the store.
+    server = RedisServer(extra_args=("--rename-command", "CONFIG", ""))
+    try:
+        server.start()
+        store = RedisStore(server.url)
+        try:
+            (problem,) = await store.health_problems()
+            assert "unknown" in problem and "noeviction" in problem
+            await store.set("k", b"v", 10)
+            assert await store.get("k") == b"v"
+        finally:
+            await store.aclose()
+    finally:
+        server.close()
 
 
 async def test_redis_stopped_then_restarted(redis_server: RedisServer) -> None:  # noqa: F811

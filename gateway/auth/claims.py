@@ -9,21 +9,29 @@ Choices made per preset (vendor documentation is silent or ambiguous on some of 
   ``sub`` is pairwise per app registration, so it changes when the app is re-registered, while
   ``oid`` stays the same and is what Graph/SCIM know the user by; it needs the ``profile``
   scope (in the default scopes). A token without ``oid`` is refused rather than falling back to
-  ``sub``, which would give one employee two keys. E-mail is ``email``, else
-  ``preferred_username``, else ``upn`` (often the only address-like claim a work account
-  has; used only when it looks like an address). Groups are ``groups`` (object ids unless the
+  ``sub``, which would give one employee two keys. E-mail is ``email`` only: Microsoft says
+  ``preferred_username`` and ``upn`` are mutable, not verified addresses and not to be used
+  for authorisation decisions ("ID token claims reference", Microsoft identity platform).
+  With ``email_from_unverified_claims = true`` (config requires ``email_domains`` then, so
+  the domain is still checked) ``preferred_username``, then ``upn``, are used when ``email``
+  is absent and they look like an address. Groups are ``groups`` (object ids unless the
   app registration emits names); a "groups overage" token (too many groups, ``_claim_names``)
   carries none and is logged. The employee number is the optional claim ``employeeid``.
 * **okta**: ``sub``, ``email``, ``groups`` (a groups claim configured on the authorization
   server), employee number from the ``employeeNumber`` profile attribute.
-* **google** (Workspace): e-mail only when ``email_verified`` is true, and the account must
-  carry ``hd`` (the Workspace domain): personal Google accounts are refused. Google emits no
-  groups or employee number.
+* **google** (Workspace): the e-mail must be verified (``email_verified`` true), and ``hd``
+  (the Workspace domain) must be exactly one of ``hosted_domains`` (case-insensitive; config
+  requires them). A personal account has no ``hd``; an account of any *other* Workspace
+  tenant has its own: both are refused ("Validate an ID token", Google Identity, OpenID
+  Connect: check ``hd`` to restrict access to members of your domain). Google emits no groups
+  or employee number.
 * **keycloak**: ``sub``, ``email``, ``groups`` (group membership mapper; full paths such as
   ``/staff`` are passed through as they are), ``employee_number`` user attribute mapper.
 * **generic**: the standard claims plus ``groups`` and common employee-number spellings.
 
-Whatever the preset, an e-mail whose ``email_verified`` is explicitly false is not used.
+Whatever the preset, a token whose ``email_verified`` is explicitly false is refused
+(AccessDenied) rather than mapped to an identity without an e-mail: the operator's log then
+says why (OIDC Core 5.1: ``email_verified`` false means the address was not verified).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from typing import Any
 from gateway.errors import AccessDenied, TokenValidationError
 from gateway.identity import Identity
 from gateway.observability import log_event
-from gateway.settings import ClaimMapping
+from gateway.settings import OidcIdpSettings
 
 log = logging.getLogger("gateway.auth.oidc")
 
@@ -57,16 +65,20 @@ class Preset:
     display_name: tuple[str, ...] = ("name",)
     employee_number: tuple[str, ...] = ("employee_number", "employeeNumber", "employee_id")
     groups: tuple[str, ...] = ("groups",)
-    # Google Workspace: only a verified address counts, and the account must belong to a domain.
+    # Tried after ``email`` only with email_from_unverified_claims (Entra's mutable names).
+    unverified_email: tuple[str, ...] = ()
+    # Google Workspace: only a verified address counts, and ``hd`` must be one of
+    # ``hosted_domains`` (lower-case; empty refuses every account: fail closed).
     require_verified_email: bool = False
     require_hosted_domain: bool = False
+    hosted_domains: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, Preset] = {
     "generic": Preset(),
     "entra": Preset(
         subject=("oid",),
-        email=("email", "preferred_username", "upn"),
+        unverified_email=("preferred_username", "upn"),
         employee_number=("employeeid", "employeeId", "employee_id"),
     ),
     "okta": Preset(employee_number=("employeeNumber", "employee_number")),
@@ -77,15 +89,30 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def preset_for(name: str, overrides: ClaimMapping) -> Preset:
-    """The named preset with the operator's ``claims`` overrides applied."""
-    preset = PRESETS[name]
+def preset_for(settings: OidcIdpSettings) -> Preset:
+    """The IdP's preset with the operator's ``claims`` overrides and trust settings applied.
+
+    An explicit ``claims.email`` override is the operator's choice and replaces the list,
+    unverified fallbacks included.
+    """
+    preset = PRESETS[settings.preset]
     changes: dict[str, Any] = {
         field: (claim,)
-        for field in ("subject", "email", "given_name", "family_name", "display_name",
-                      "employee_number", "groups")
-        if (claim := getattr(overrides, field)) is not None
+        for field in (
+            "subject",
+            "email",
+            "given_name",
+            "family_name",
+            "display_name",
+            "employee_number",
+            "groups",
+        )
+        if (claim := getattr(settings.claims, field)) is not None
     }
+    if settings.email_from_unverified_claims and "email" not in changes:
+        changes["email"] = preset.email + preset.unverified_email
+    if preset.require_hosted_domain:
+        changes["hosted_domains"] = tuple(d.lower() for d in settings.hosted_domains)
     return replace(preset, **changes) if changes else preset
 
 
@@ -116,8 +143,13 @@ def _flag(value: Any) -> bool | None:
 
 def _email(claims: Mapping[str, Any], preset: Preset) -> str | None:
     verified = _flag(claims.get("email_verified"))
-    if verified is False or (preset.require_verified_email and verified is not True):
-        return None
+    # OIDC Core 5.1: email_verified false = the End-User's address was not verified; an
+    # unverified address must not select an LMS account, and a clear refusal beats an
+    # identity that quietly lacks an e-mail.
+    if verified is False:
+        raise AccessDenied("the IdP marked the e-mail address as not verified")
+    if preset.require_verified_email and verified is not True:
+        raise AccessDenied("the IdP did not mark the e-mail address as verified")
     for name in preset.email:
         value = claims.get(name)
         if isinstance(value, str) and _EMAIL.fullmatch(value.strip()):
@@ -130,8 +162,13 @@ def _groups(claims: Mapping[str, Any], preset: Preset, idp: str) -> tuple[str, .
     if value is None:
         names = claims.get("_claim_names")
         if isinstance(names, dict) and "groups" in names:
-            log_event(log, logging.WARNING, "groups_overage", idp=idp,
-                      reason="the IdP sent a groups reference instead of groups; none used")
+            log_event(
+                log,
+                logging.WARNING,
+                "groups_overage",
+                idp=idp,
+                reason="the IdP sent a groups reference instead of groups; none used",
+            )
         return ()
     items = value if isinstance(value, list) else [value]
     groups = (_text(item) for item in items[:MAX_GROUPS] if isinstance(item, str))
@@ -141,22 +178,30 @@ def _groups(claims: Mapping[str, Any], preset: Preset, idp: str) -> tuple[str, .
 def missing_claims(claims: Mapping[str, Any], preset: Preset) -> bool:
     """True when a field the mapping reads has none of its candidate claims in ``claims``
     (the ID token): then userinfo may carry it."""
-    fields = (preset.email, preset.given_name, preset.family_name, preset.employee_number,
-              preset.groups)
+    fields = (
+        preset.email,
+        preset.given_name,
+        preset.family_name,
+        preset.employee_number,
+        preset.groups,
+    )
     return any(_first(claims, names) is None for names in fields)
 
 
-def map_identity(
-    idp: str, claims: Mapping[str, Any], preset: Preset
-) -> Identity:
+def map_identity(idp: str, claims: Mapping[str, Any], preset: Preset) -> Identity:
     """Build the Identity from verified (ID token + userinfo) claims."""
     subject = _first(claims, preset.subject)
     if not isinstance(subject, str) or not subject.strip() or len(subject) > 255:
         raise TokenValidationError(
             f"subject claim {'/'.join(preset.subject)} is missing or malformed"
         )
-    if preset.require_hosted_domain and not _text(claims.get("hd")):
-        raise AccessDenied("Google account without hd claim (not a Workspace account)")
+    if preset.require_hosted_domain:
+        hosted = _text(claims.get("hd"))
+        if hosted is None:
+            raise AccessDenied("Google account without hd claim (not a Workspace account)")
+        # Exact match: any Workspace tenant has *an* hd; only ours may sign in.
+        if hosted.lower() not in preset.hosted_domains:
+            raise AccessDenied(f"Google Workspace domain {hosted[:253]} is not in hosted_domains")
     auth_time = claims.get("auth_time")
     return Identity(
         idp=idp,

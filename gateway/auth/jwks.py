@@ -11,10 +11,19 @@ Rules kept here, each because a library default would let it through:
 * An unknown ``kid`` refetches the JWKS, but at most once per ``min_refresh`` seconds, so a
   flood of tokens with random ``kid`` values costs one fetch per interval. A failed or
   garbage answer keeps the last good keys: one bad answer never locks sign-ins out.
-* ``iss`` is compared exactly; ``aud`` must contain our client id; with several audiences
-  ``azp`` must be present and equal our client id (OIDC Core 3.1.3.7), and a present ``azp``
-  must always equal it; ``exp``, ``iat`` (and ``nbf`` when present) are checked with a
-  leeway, and ``iat`` may not be older than the configured maximum age.
+* A ``crit`` header is refused: we implement no JWS extension (RFC 7515 4.1.11). Other
+  header parameters we do not understand are ignored, as RFC 7515 4 requires (joserfc's
+  strict header check would refuse them, and report it as a bad signature).
+* ``iss`` is compared exactly; ``aud`` must contain our client id and nothing but the
+  configured ``trusted_audiences`` besides; with several audiences ``azp`` must be present,
+  and a present ``azp`` must always equal our client id (OIDC Core 3.1.3.7 steps 2-5);
+  ``exp``, ``iat`` (and ``nbf`` when present) are checked with a leeway, and ``iat`` may not
+  be older than the configured maximum age.
+
+Every refusal is a :class:`TokenValidationError` whose ``check`` names the failed rule
+(``malformed_jws``, ``crit_unsupported``, ``alg_not_allowed``, ``unknown_kid``,
+``bad_signature``, ``wrong_issuer``, ``untrusted_audience``, ...) so the operator's log
+says what went wrong rather than a catch-all "signature does not verify".
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import httpx
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
+from joserfc.jws import JWSRegistry
 
 from gateway.errors import IdpUnavailable, TokenValidationError
 from gateway.observability import log_event
@@ -180,18 +190,26 @@ class JwksCache:
         found = self._candidates(kid, alg)
         if found and not self._stale():
             return found
+        refetched = False
         async with self._lock:
             # Another request may have refreshed while we waited for the lock.
             if self._may_refresh():
                 self._last_refresh = self._clock()
-                await self.load()
+                refetched = await self.load()
         found = self._candidates(kid, alg)
-        if not found:
+        if found:
+            return found
+        fetch = ("JWKS refetched just now" if refetched else
+                 f"JWKS not refetched: at most every {self._min_refresh:g}s")
+        if kid is not None and kid in self._keys:
             raise TokenValidationError(
-                f"no signing key of the IdP matches kid {_short(kid)} for {alg} "
-                f"(JWKS refetched at most every {self._min_refresh:g}s)"
+                f"the IdP's key {_short(kid)} is not usable for {alg} ({fetch})",
+                check="key_alg_mismatch",
             )
-        return found
+        raise TokenValidationError(
+            f"no signing key of the IdP matches kid {_short(kid)} for {alg} ({fetch})",
+            check="unknown_kid",
+        )
 
 
 def _short(value: object) -> str:
@@ -200,37 +218,62 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _header(token: str, algorithms: frozenset[str]) -> tuple[dict[str, Any], str]:
+    """The protected header and its ``alg``, refused with the precise reason."""
+    if len(token) > MAX_ID_TOKEN_CHARS or token.count(".") != 2:
+        raise TokenValidationError("ID token is not a compact JWS (encrypted or malformed)",
+                                   check="malformed_jws")
+    try:
+        header = jws.extract_compact(token.encode("ascii")).headers()
+    except (JoseError, ValueError, UnicodeError) as exc:
+        raise TokenValidationError(f"ID token header unreadable: {type(exc).__name__}",
+                                   check="malformed_jws") from None
+    if not isinstance(header, dict):
+        raise TokenValidationError("ID token header is not a JSON object", check="malformed_jws")
+    if "crit" in header:
+        # RFC 7515 4.1.11: a recipient MUST reject a JWS whose crit lists an extension it does
+        # not understand; we understand none (and b64=false, RFC 7797, only works via crit).
+        raise TokenValidationError(
+            f"ID token header marks {_short(header['crit'])} critical; "
+            "no JWS extension is supported (RFC 7515 4.1.11)", check="crit_unsupported")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise TokenValidationError(
+            f"ID token algorithm {_short(alg)} is not accepted (allowed: {sorted(algorithms)})",
+            check="alg_not_allowed",
+        )
+    return header, alg
+
+
 async def verify_id_token(
     token: str, cache: JwksCache, algorithms: frozenset[str]
 ) -> dict[str, Any]:
     """Check the ID token's shape, algorithm and signature; return its claims (unchecked)."""
-    if len(token) > MAX_ID_TOKEN_CHARS or token.count(".") != 2:
-        raise TokenValidationError("ID token is not a compact JWS (encrypted or malformed)")
+    header, alg = _header(token, algorithms)
+    # Registered parameters must have their registered types (kid a string, x5c a list, ...);
+    # unknown ones are ignored (RFC 7515 4), hence strict_check_header=False.
+    registry = JWSRegistry(algorithms=[alg], strict_check_header=False)
     try:
-        header = jws.extract_compact(token.encode("ascii")).headers()
-    except (JoseError, ValueError, UnicodeError) as exc:
-        raise TokenValidationError(f"ID token header unreadable: {type(exc).__name__}") from None
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in algorithms:
-        raise TokenValidationError(
-            f"ID token algorithm {_short(alg)} is not accepted (allowed: {sorted(algorithms)})"
-        )
-    kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise TokenValidationError("ID token kid is not a string")
-    for key in await cache.keys_for(kid, alg):
+        registry.check_header(header)
+    except JoseError as exc:
+        raise TokenValidationError(f"ID token header invalid: {type(exc).__name__}",
+                                   check="malformed_jws") from None
+    for key in await cache.keys_for(header.get("kid"), alg):
         try:
-            signed = jws.deserialize_compact(token, key, algorithms=[alg])
+            signed = jws.deserialize_compact(token, key, algorithms=[alg], registry=registry)
         except (JoseError, ValueError, TypeError):  # bad signature, wrong curve, ...
             continue
         try:
             claims = json.loads(signed.payload)
         except (ValueError, UnicodeDecodeError):
-            raise TokenValidationError("ID token payload is not JSON") from None
+            raise TokenValidationError("ID token payload is not JSON",
+                                       check="malformed_jws") from None
         if not isinstance(claims, dict):
-            raise TokenValidationError("ID token payload is not a JSON object")
+            raise TokenValidationError("ID token payload is not a JSON object",
+                                       check="malformed_jws")
         return claims
-    raise TokenValidationError("ID token signature does not verify with the IdP's keys")
+    raise TokenValidationError("ID token signature does not verify with the IdP's keys",
+                               check="bad_signature")
 
 
 def _time_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
@@ -239,44 +282,69 @@ def _time_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> floa
         return None
     # bool is an int in Python; a JSON true is not a time.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TokenValidationError(f"ID token claim {name} is missing or not a number")
+        raise TokenValidationError(f"ID token claim {name} is missing or not a number",
+                                   check="malformed_claim")
     return float(value)
+
+
+def _check_audience(
+    claims: Mapping[str, Any], client_id: str, trusted_audiences: tuple[str, ...]
+) -> None:
+    """OIDC Core 1.0 3.1.3.7 steps 3-5: audience, untrusted extra audiences, azp."""
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+        raise TokenValidationError("ID token aud is missing or malformed",
+                                   check="malformed_claim")
+    if client_id not in audiences:
+        raise TokenValidationError("ID token aud does not contain our client id",
+                                   check="wrong_audience")
+    # Step 3: "MUST be rejected if ... it contains additional audiences not trusted by the
+    # Client", whatever azp says: another audience may replay this token to us or use ours.
+    untrusted = sorted(set(audiences) - {client_id} - set(trusted_audiences))
+    if untrusted:
+        raise TokenValidationError(
+            f"ID token lists {len(untrusted)} audience(s) not in trusted_audiences: "
+            f"{_short(untrusted)}", check="untrusted_audience")
+    azp = claims.get("azp")
+    # Step 4 (SHOULD, enforced): several audiences need an azp to say who the token is for.
+    if len(audiences) > 1 and azp is None:
+        raise TokenValidationError("ID token has several audiences but no azp",
+                                   check="azp_missing")
+    # Step 5: a present azp must be our client id.
+    if azp is not None and azp != client_id:
+        raise TokenValidationError(f"ID token azp {_short(azp)} is not our client id",
+                                   check="azp_mismatch")
 
 
 def check_id_token_claims(
     claims: Mapping[str, Any], *, issuer: str, client_id: str, now: float,
-    leeway: float, max_age: float,
+    leeway: float, max_age: float, trusted_audiences: tuple[str, ...] = (),
 ) -> None:
     """OIDC Core 3.1.3.7 checks (except the nonce, which needs the pending login)."""
-    if claims.get("iss") != issuer:
+    if claims.get("iss") != issuer:  # step 2: exact match
         raise TokenValidationError(
-            f"ID token iss {_short(claims.get('iss'))} is not the configured issuer {issuer!r}"
+            f"ID token iss {_short(claims.get('iss'))} is not the configured issuer {issuer!r}",
+            check="wrong_issuer",
         )
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
-        raise TokenValidationError("ID token aud is missing or malformed")
-    if client_id not in audiences:
-        raise TokenValidationError("ID token aud does not contain our client id")
-    azp = claims.get("azp")
-    if len(audiences) > 1 and azp is None:
-        raise TokenValidationError("ID token has several audiences but no azp")
-    if azp is not None and azp != client_id:
-        raise TokenValidationError(f"ID token azp {_short(azp)} is not our client id")
+    _check_audience(claims, client_id, trusted_audiences)
     exp = _time_claim(claims, "exp", required=True)
     iat = _time_claim(claims, "iat", required=True)
     nbf = _time_claim(claims, "nbf", required=False)
     assert exp is not None and iat is not None
-    if now > exp + leeway:
-        raise TokenValidationError(f"ID token expired {int(now - exp)}s ago")
+    if now > exp + leeway:  # step 9
+        raise TokenValidationError(f"ID token expired {int(now - exp)}s ago", check="expired")
     if iat > now + leeway:
-        raise TokenValidationError(f"ID token iat is {int(iat - now)}s in the future")
-    if now - iat > max_age + leeway:
+        raise TokenValidationError(f"ID token iat is {int(iat - now)}s in the future",
+                                   check="issued_in_future")
+    if now - iat > max_age + leeway:  # step 10: "too far away from the current time"
         raise TokenValidationError(
-            f"ID token was issued {int(now - iat)}s ago (maximum age {int(max_age)}s)"
+            f"ID token was issued {int(now - iat)}s ago (maximum age {int(max_age)}s)",
+            check="too_old",
         )
-    if nbf is not None and nbf > now + leeway:
-        raise TokenValidationError("ID token is not valid yet (nbf)")
+    if nbf is not None and nbf > now + leeway:  # RFC 7519 4.1.5
+        raise TokenValidationError("ID token is not valid yet (nbf)", check="not_yet_valid")
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > 255:
-        raise TokenValidationError("ID token sub is missing or malformed")
+    if not isinstance(sub, str) or not sub or len(sub) > 255:  # OIDC Core 2: max 255 ASCII
+        raise TokenValidationError("ID token sub is missing or malformed",
+                                   check="malformed_claim")

@@ -15,6 +15,10 @@ verifier, secret, tokens) reaches a log or an exception message.
 Discovery is loaded once (``start``, retried lazily by ``begin`` at most every few seconds);
 the ``issuer`` it declares must equal the configured one exactly, and every endpoint must be
 https unless the gateway runs in dev mode.
+
+The token response is validated in full on every sign-in (``check_token_response``), not only
+when userinfo needs the access token, and every refused token is logged once here with the
+name of the failed check (``oidc_token_refused``); the employee page stays generic.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -64,6 +69,7 @@ DISCOVERY_RETRY_SECONDS = 5.0
 _STATE = re.compile(r"[A-Za-z0-9_-]{20,128}")
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 _PRINTABLE = re.compile(r"[\x21-\x7e]{1,4096}")
+_VSCHAR = re.compile(r"[\x20-\x7e]+")  # RFC 6749 A.12 access-token = 1*VSCHAR
 
 # What an employee reads for each OAuth error code; never the IdP's error_description.
 _ERROR_PAGES = {
@@ -96,6 +102,43 @@ def _clean(value: object, limit: int = 120) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", str(value))[:limit]
 
 
+def _bad_token_response(problem: str) -> TokenValidationError:
+    # Names the member and what is wrong with it, never its value (values are tokens).
+    return TokenValidationError(f"token response {problem}", check="token_response")
+
+
+def check_token_response(body: object) -> dict[str, Any]:
+    """A successful token response checked member by member (RFC 6749 5.1, OIDC Core 3.1.3.3).
+
+    The access token is required even when userinfo will not be called: RFC 6749 5.1 makes it
+    REQUIRED, and refusing a broken IdP on every sign-in beats failing only for the employees
+    whose ID token happens to lack a claim (when "auto" userinfo would need it).
+    """
+    if not isinstance(body, dict):
+        raise _bad_token_response("is not a JSON object")
+    token_type = body.get("token_type")
+    # RFC 6749 5.1 / 7.1: token_type REQUIRED, compared case-insensitively; OIDC Core 3.1.3.3:
+    # "MUST be Bearer" (we negotiate nothing else).
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise _bad_token_response("token_type is missing or not Bearer")
+    id_token = body.get("id_token")
+    if not isinstance(id_token, str) or not id_token:
+        raise _bad_token_response("carries no id_token (a non-empty string)")
+    access_token = body.get("access_token")
+    if not isinstance(access_token, str) or not _VSCHAR.fullmatch(access_token):
+        raise _bad_token_response("access_token is missing or not a string (RFC 6749 5.1)")
+    expires_in = body.get("expires_in")
+    # RFC 6749 A.14: expires-in = 1*DIGIT. A JSON true is an int in Python, not a lifetime.
+    if expires_in is not None and (
+        isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0
+    ):
+        raise _bad_token_response("expires_in is not a positive integer")
+    for member in ("scope", "refresh_token"):  # RFC 6749 A.4, A.17: strings when present
+        if member in body and not isinstance(body[member], str):
+            raise _bad_token_response(f"{member} is not a string")
+    return body
+
+
 class OidcFrontDoor:
     """One ``[idp.<name>]`` with ``type = "oidc"``; satisfies ``gateway.auth.base.FrontDoor``.
 
@@ -126,7 +169,7 @@ class OidcFrontDoor:
             problems.append(f"idp.{name}.issuer: must be an https URL")
         if problems:
             raise ConfigError(problems)
-        self._preset = preset_for(settings.preset, settings.claims)
+        self._preset = preset_for(settings)
         self._jwks = JwksCache(http, idp=name, min_refresh=settings.jwks_min_refresh_seconds,
                                clock=clock)
         self._discovery: Discovery | None = None
@@ -175,7 +218,8 @@ class OidcFrontDoor:
             raise IdpUnavailable(f"discovery answered HTTP {answer.status} without a JSON object")
         if doc.get("issuer") != issuer:
             raise TokenValidationError(
-                f"discovery issuer {_clean(doc.get('issuer'))!r} is not the configured {issuer!r}"
+                f"discovery issuer {_clean(doc.get('issuer'))!r} is not the configured {issuer!r}",
+                check="discovery",
             )
         endpoints: dict[str, str | None] = {}
         for key in ("authorization_endpoint", "token_endpoint", "jwks_uri",
@@ -185,7 +229,8 @@ class OidcFrontDoor:
             if value is None and not required:
                 endpoints[key] = None
             elif not self._url_ok(value):
-                raise TokenValidationError(f"discovery {key} is missing or not an https URL")
+                raise TokenValidationError(f"discovery {key} is missing or not an https URL",
+                                           check="discovery")
             else:
                 endpoints[key] = value
         methods = doc.get("token_endpoint_auth_methods_supported", ["client_secret_basic"])
@@ -260,7 +305,8 @@ class OidcFrontDoor:
         iss = params.get("iss")
         if (discovery.iss_parameter_supported or iss is not None) and iss != discovery.issuer:
             raise TokenValidationError(
-                f"callback iss {_clean(iss)!r} is not the issuer (RFC 9207 mix-up check)"
+                f"callback iss {_clean(iss)!r} is not the issuer (RFC 9207 mix-up check)",
+                check="callback_iss_mismatch",
             )
         request = LoginRequest(pending["app"], pending["target"], pending["return_to"])
         if "error" in params:
@@ -271,20 +317,32 @@ class OidcFrontDoor:
         code = params.get("code", "")
         if not _PRINTABLE.fullmatch(code):
             raise IdpRejected("callback carries neither a well-formed code nor an error")
-        tokens = await self._exchange(discovery, code, pending["verifier"])
-        claims = await verify_id_token(tokens["id_token"], self._jwks, self._algorithms)
-        check_id_token_claims(
-            claims, issuer=discovery.issuer, client_id=self._settings.client_id,
-            now=self._clock(), leeway=self._settings.leeway_seconds,
-            max_age=self._settings.max_token_age_seconds,
-        )
-        await self._check_nonce(claims.get("nonce"), pending["nonce"])
+        with self._refusals_logged():
+            tokens = await self._exchange(discovery, code, pending["verifier"])
+            claims = await verify_id_token(tokens["id_token"], self._jwks, self._algorithms)
+            check_id_token_claims(
+                claims, issuer=discovery.issuer, client_id=self._settings.client_id,
+                now=self._clock(), leeway=self._settings.leeway_seconds,
+                max_age=self._settings.max_token_age_seconds,
+                trusted_audiences=self._settings.trusted_audiences,
+            )
+            await self._check_nonce(claims.get("nonce"), pending["nonce"])
         if discovery.userinfo_endpoint and self._wants_userinfo(claims):
             userinfo = await self._userinfo(discovery.userinfo_endpoint, tokens, claims["sub"])
             claims = {**userinfo, **claims}  # the verified ID token wins on every conflict
         identity = map_identity(self.name, claims, self._preset)
         log_event(log, logging.INFO, "oidc_login_verified", idp=self.name)
         return identity, request
+
+    @contextmanager
+    def _refusals_logged(self) -> Iterator[None]:
+        """Log each refused token once, with the failed check; reasons never hold token text."""
+        try:
+            yield
+        except TokenValidationError as exc:
+            log_event(log, logging.WARNING, "oidc_token_refused", idp=self.name,
+                      check=exc.check, reason=exc.reason)
+            raise
 
     async def _check_nonce(self, presented: Any, expected: str) -> None:
         used = self._key("nonce-used", expected)
@@ -295,8 +353,11 @@ class OidcFrontDoor:
                 await self._store.get(self._key("nonce-used", presented)) is not None
             ):
                 self._replay("nonce")
-                raise ReplayDetected("ID token carries the nonce of an earlier sign-in")
-            raise TokenValidationError("ID token nonce is missing or does not match this login")
+                raise ReplayDetected("ID token carries the nonce of an earlier sign-in",
+                                     check="nonce_replay")
+            # OIDC Core 3.1.3.7 step 11: the nonce MUST equal the one sent in this request.
+            raise TokenValidationError("ID token nonce is missing or does not match this login",
+                                       check="nonce_mismatch")
         # Remembered so an ID token replayed into a later login is reported as a replay.
         ttl = self._settings.max_token_age_seconds + 2 * self._settings.leeway_seconds
         await self._store.set(used, b"1", ttl)
@@ -317,15 +378,13 @@ class OidcFrontDoor:
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         answer = await request_json(self._http, "POST", discovery.token_endpoint, data=data,
                                     headers=headers, what="token endpoint")
-        body = answer.body if isinstance(answer.body, dict) else {}
         if answer.status >= 500:
             raise IdpUnavailable(f"token endpoint answered HTTP {answer.status}")
         if answer.status != 200:
+            body = answer.body if isinstance(answer.body, dict) else {}
             raise IdpRejected(f"token endpoint answered HTTP {answer.status} "
                               f"error={_clean(body.get('error', '-'), 64)}")
-        if not isinstance(body.get("id_token"), str):
-            raise TokenValidationError("token response carries no id_token")
-        return body
+        return check_token_response(answer.body)
 
     def _wants_userinfo(self, claims: Mapping[str, Any]) -> bool:
         mode = self._settings.userinfo
@@ -334,21 +393,23 @@ class OidcFrontDoor:
     async def _userinfo(
         self, endpoint: str, tokens: Mapping[str, Any], sub: str
     ) -> dict[str, Any]:
-        access_token = tokens.get("access_token")
-        if not isinstance(access_token, str) or str(tokens.get("token_type", "")).lower() != (
-            "bearer"
-        ):
-            raise TokenValidationError("token response has no bearer access_token for userinfo")
+        # check_token_response made sure of a Bearer token_type and a string access_token.
+        access_token = tokens["access_token"]
         answer = await request_json(self._http, "GET", endpoint, what="userinfo endpoint",
                                     headers={"Authorization": f"Bearer {access_token}"})
         if answer.status >= 500:
             raise IdpUnavailable(f"userinfo endpoint answered HTTP {answer.status}")
         if answer.status != 200:
             raise IdpRejected(f"userinfo endpoint answered HTTP {answer.status}")
-        if not isinstance(answer.body, dict):
-            raise TokenValidationError("userinfo is not a JSON object (signed: unsupported)")
-        if answer.body.get("sub") != sub:
-            raise TokenValidationError("userinfo sub does not match the ID token's sub")
+        with self._refusals_logged():
+            if not isinstance(answer.body, dict):
+                raise TokenValidationError("userinfo is not a JSON object (signed: unsupported)",
+                                           check="userinfo_malformed")
+            # OIDC Core 5.3.2: the sub in the UserInfo Response MUST be verified to exactly
+            # match the sub in the ID Token.
+            if answer.body.get("sub") != sub:
+                raise TokenValidationError("userinfo sub does not match the ID token's sub",
+                                           check="userinfo_sub_mismatch")
         return answer.body
 
     def end_session_url(self, post_logout_redirect_uri: str) -> str | None:

@@ -3,9 +3,11 @@
 ``begin`` sends the browser to the IdP with an AuthnRequest (HTTP-Redirect binding, signed
 when ``sign_requests``) and stores the pending login under the request id; the RelayState is
 an opaque random value mapped to that id. ``complete`` validates the SAMLResponse posted to
-the ACS (``saml_checks``), enforces single use of the request and of the assertion id, binds
-the login to the browser that started it where the browser sent the binding cookie, and maps
-the verified assertion to an :class:`~gateway.identity.Identity`.
+the ACS (``saml_checks``), enforces single use of the request and of the assertion id, accepts
+a solicited response only from the browser that started the login (its binding cookie must be
+present and match), and maps the verified assertion to an :class:`~gateway.identity.Identity`.
+Unsolicited (IdP-initiated) responses are never signed in directly: the web layer holds them
+in :attr:`SamlFrontDoor.confirmations` until the person at the browser confirms.
 
 The SAMLResponse is never logged and never appears in an exception message.
 """
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from gateway.auth.base import LoginRequest, Redirect, browser_matches, new_browser_token
+from gateway.auth.confirm import EXPIRED, SignInConfirmations
 from gateway.auth.saml_attributes import to_identity
 from gateway.auth.saml_checks import Expectations, validate_response
 from gateway.auth.saml_metadata import (
@@ -99,6 +102,8 @@ class SamlFrontDoor:
         self._metadata: IdpMetadata | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._sp_metadata = build_sp_metadata(settings, acs_url, self._sp_cert)
+        # IdP-initiated sign-ins wait here for the employee's "Continue" (see auth/confirm.py).
+        self.confirmations = SignInConfirmations(store, f"saml:{name}:confirm")
 
     @property
     def ready(self) -> bool:
@@ -223,6 +228,9 @@ class SamlFrontDoor:
             sp_entity_id=s.sp_entity_id, acs_url=self.acs_url, signed=s.signed,
             allow_sha1=s.allow_sha1, clock_skew=s.clock_skew_seconds,
             max_bytes=s.max_response_bytes, sp_key_pem=self._sp_key,
+            max_issue_instant_age=s.max_issue_instant_age_seconds,
+            require_encrypted=s.require_encrypted_assertions,
+            allow_legacy_cbc=s.allow_legacy_cbc_encryption,
         )
         now = self._clock()
         assertion = validate_response(saml_response, expectations, now)
@@ -255,8 +263,13 @@ class SamlFrontDoor:
         if mapped is None or mapped.decode() != request_id:
             raise LoginStateError("RelayState does not belong to this request")
         pending = json.loads(raw)
-        if browser_token is not None and not browser_matches(pending["browser"], browser_token):
-            raise LoginStateError("sign-in was started in another browser")
+        # Login CSRF: a response for a pending request counts only in the browser that sent
+        # the AuthnRequest. A missing cookie is refused like a foreign one (otherwise an
+        # attacker's page could auto-post the attacker's own response); the request was
+        # popped above, so the response cannot be tried again in any browser.
+        if not browser_matches(pending["browser"], browser_token):
+            reason = "binding cookie missing" if not browser_token else "another browser"
+            raise LoginStateError(f"sign-in response from {reason}", public=EXPIRED)
         return LoginRequest(app=pending["app"], target=pending["target"],
                             return_to=pending["return_to"])
 

@@ -1,11 +1,13 @@
 """Validation of one SAML Response received at the ACS (HTTP-POST binding).
 
 The order: bounded decode, safe parse, schema (python3-saml's strict-mode gate), unique IDs,
-response Destination/Issuer/Status, exactly one assertion (decrypted when encrypted, then
-parsed again), signatures verified with the configured IdP certificates only, and then every
-value is read from a canonical copy of the element a verified signature covers. Time,
-audience, recipient and destination checks are ours, exact and with the configured skew:
-python3-saml 1.16 is lax on each of them (see DESIGN.md).
+response Destination/Issuer/Status/IssueInstant, exactly one assertion (its encryption
+algorithms allow-listed, then decrypted and parsed again; a plaintext one refused when
+encryption is required), signatures verified with the configured IdP certificates only, and
+then every value is read from a canonical copy of the element a verified signature covers.
+Time (IssueInstant age, validity windows; UTC only), audience, recipient and destination
+checks are ours, exact and with the configured skew: python3-saml 1.16 is lax on each of
+them (see DESIGN.md).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class Expectations:
     clock_skew: int
     max_bytes: int
     sp_key_pem: str | None = None
+    # Oldest IssueInstant accepted, seconds (clock_skew is added on top).
+    max_issue_instant_age: int = 300
+    require_encrypted: bool = False
+    allow_legacy_cbc: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,14 @@ def _the_assertion(root: Element, exp: Expectations) -> Element:
     if element.getparent() is not root:
         raise TokenValidationError("assertion is not a direct child of the Response")
     if element.tag == SAML + "Assertion":
+        if exp.require_encrypted:
+            # Local policy on top of SAML core 6.1 (EncryptedAssertion): when on, plaintext is
+            # refused even inside a signed Response, so no assertion crosses the browser clear.
+            raise TokenValidationError(
+                "assertion is not encrypted (require_encrypted_assertions is on)"
+            )
         return element
-    decrypted = decrypt_assertion(element, exp.sp_key_pem)
+    decrypted = decrypt_assertion(element, exp.sp_key_pem, exp.allow_legacy_cbc)
     if decrypted.tag != SAML + "Assertion":
         raise TokenValidationError("EncryptedAssertion did not hold an Assertion")
     root.replace(element, decrypted)
@@ -143,6 +155,19 @@ def _verified_assertion(root: Element, exp: Expectations) -> tuple[Element, bool
     if assertion_sig is not None:
         verify_signature(assertion_sig, exp.idp_certificates, exp.allow_sha1, "assertion")
     return assertion, response_sig is not None
+
+
+def _check_issue_instant(element: Element, exp: Expectations, now: float, what: str) -> None:
+    """IssueInstant (SAML core 2.3.3 for the Assertion, 3.2.2 for the Response) must be recent:
+    no older than max_issue_instant_age + skew and no later than now + skew. The validity
+    windows alone would let an IdP's long NotOnOrAfter keep a captured message usable."""
+    issued = parse_instant(element.get("IssueInstant"), f"{what} IssueInstant")
+    if issued > now + exp.clock_skew:
+        raise TokenValidationError(f"{what} IssueInstant is in the future")
+    if now - issued > exp.max_issue_instant_age + exp.clock_skew:
+        raise TokenValidationError(
+            f"{what} IssueInstant is older than max_issue_instant_age_seconds"
+        )
 
 
 def _window(element: Element, now: float, skew: int, what: str) -> float | None:
@@ -212,18 +237,31 @@ Values = dict[str, tuple[str, ...]]
 
 
 def _attributes(assertion: Element) -> tuple[Values, Values]:
-    by_name: dict[str, list[str]] = {}
-    by_friendly: dict[str, list[str]] = {}
+    """Attribute values by Name and by FriendlyName, across every AttributeStatement.
+
+    An Attribute Name that occurs twice is refused, not merged: which occurrence a mapping
+    reads (or a merged list of groups) would otherwise depend on the IdP's attribute
+    release order, and an attacker-influenced second copy could add values (SAML core
+    2.7.3.1: Name identifies the attribute). A FriendlyName "MUST NOT be used as a basis for
+    formally identifying SAML attributes" (2.7.3.1), so one shared by several attributes is
+    not refused, but it can then not be looked up at all.
+    """
+    by_name: Values = {}
+    by_friendly: Values = {}
+    ambiguous: set[str] = set()
     for statement in assertion.findall(SAML + "AttributeStatement"):
         for attribute in statement.findall(SAML + "Attribute"):
-            values = [text_of(v) for v in attribute.findall(SAML + "AttributeValue")]
-            by_name.setdefault(attribute.get("Name", ""), []).extend(values)
-            if attribute.get("FriendlyName"):
-                by_friendly.setdefault(attribute.get("FriendlyName"), []).extend(values)
-    return (
-        {k: tuple(v) for k, v in by_name.items()},
-        {k: tuple(v) for k, v in by_friendly.items()},
-    )
+            values = tuple(text_of(v) for v in attribute.findall(SAML + "AttributeValue"))
+            name = attribute.get("Name", "")
+            if name in by_name:
+                raise TokenValidationError("Attribute Name occurs more than once")
+            by_name[name] = values
+            friendly = attribute.get("FriendlyName")
+            if friendly:
+                if friendly in by_friendly:
+                    ambiguous.add(friendly)
+                by_friendly[friendly] = values
+    return by_name, {k: v for k, v in by_friendly.items() if k not in ambiguous}
 
 
 def validate_response(saml_response: str, exp: Expectations, now: float) -> VerifiedAssertion:
@@ -243,6 +281,7 @@ def validate_response(saml_response: str, exp: Expectations, now: float) -> Veri
     if destination is not None and destination != exp.acs_url:
         raise TokenValidationError("response Destination is not our ACS URL")
     _check_issuer(root, exp, "response", required=False)
+    _check_issue_instant(root, exp, now, "Response")
     assertion, response_signed = _verified_assertion(root, exp)
     # From here on only the canonical copy of the covered assertion is read.
     signed = canonical_copy(assertion)
@@ -263,6 +302,7 @@ def _read_assertion(
     if assertion.get("Version") != "2.0" or not assertion.get("ID"):
         raise TokenValidationError("assertion has no ID or Version 2.0")
     _check_issuer(assertion, exp, "assertion", required=True)
+    _check_issue_instant(assertion, exp, now, "Assertion")
     conditions_expiry = _check_conditions(assertion, exp, now)
     name_id, confirmation_expiry, irt = _check_subject(assertion, exp, now, response_irt)
     name = text_of(name_id).strip()

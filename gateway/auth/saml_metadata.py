@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from gateway.auth.saml_signature import KEY_TRANSPORT, content_algorithms
 from gateway.auth.saml_xml import DS, MD, NS, Element, parse_instant, parse_xml, validate_schema
 from gateway.errors import ConfigError
 from gateway.settings import SamlIdpSettings
@@ -65,7 +66,7 @@ def parse_idp_metadata(data: bytes, entity_id: str | None, now: float) -> IdpMet
     entity = _entity(root, entity_id)
     for holder in (root, entity):
         valid_until = holder.get("validUntil")
-        if valid_until and parse_instant(valid_until, "validUntil") <= now:
+        if valid_until and parse_instant(valid_until, "validUntil", utc_only=False) <= now:
             raise ValueError("metadata validUntil has passed")
     descriptors = [d for d in entity.findall(MD + "IDPSSODescriptor")
                    if PROTOCOL in d.get("protocolSupportEnumeration", "").split()]
@@ -110,7 +111,8 @@ def load_file_metadata(settings: SamlIdpSettings) -> IdpMetadata:
 def build_sp_metadata(
     settings: SamlIdpSettings, acs_url: str, sp_cert_pem: str | None
 ) -> bytes:
-    """Our SPSSODescriptor: entity id, ACS (HTTP-POST), certificates, signing wishes."""
+    """Our SPSSODescriptor: entity id, ACS (HTTP-POST), certificates (the encryption one with
+    the encryption algorithms we accept), signing wishes."""
     md, ds = NS["md"], NS["ds"]
     root = etree.Element(f"{{{md}}}EntityDescriptor", nsmap={"md": md, "ds": ds})
     root.set("entityID", settings.sp_entity_id)
@@ -126,6 +128,13 @@ def build_sp_metadata(
             data = etree.SubElement(etree.SubElement(key, f"{{{ds}}}KeyInfo"),
                                     f"{{{ds}}}X509Data")
             etree.SubElement(data, f"{{{ds}}}X509Certificate").text = body
+            if use == "encryption":
+                # SAML metadata 2.4.1.1: tell the IdP which algorithms we accept, preferred
+                # first, so IdPs that read it (Shibboleth, ADFS) pick AES-GCM and RSA-OAEP.
+                for algorithm in content_algorithms(settings.allow_legacy_cbc_encryption) + (
+                    KEY_TRANSPORT
+                ):
+                    etree.SubElement(key, f"{{{md}}}EncryptionMethod", Algorithm=algorithm)
     etree.SubElement(sp, f"{{{md}}}NameIDFormat").text = settings.name_id_format
     etree.SubElement(sp, f"{{{md}}}AssertionConsumerService", Binding=POST,
                      Location=acs_url, index="0", isDefault="true")

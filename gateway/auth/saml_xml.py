@@ -11,7 +11,7 @@ import base64
 import binascii
 import functools
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -103,23 +103,44 @@ def validate_schema(root: Element, schema: str, what: str) -> None:
         raise TokenValidationError(f"{what} does not match {schema}")
 
 
-_FRACTION = re.compile(r"(\.\d{1,6})\d*")
+# xs:dateTime as SAML core 1.3.3 allows it: "MUST be expressed in UTC form, with no time zone
+# component". In practice every IdP writes a trailing "Z" (also UTC), so both the bare form and
+# "Z" are accepted; any numeric offset ("+02:00", "-05:00", even "+00:00") is refused. Fractional
+# seconds of any length are allowed (ADFS sends seven digits; beyond microseconds they are cut).
+# The regex runs before fromisoformat, which would also take "T"-less or basic-format times.
+_UTC_INSTANT = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z?)", re.ASCII
+)
+# Metadata (trusted, operator-supplied) is read leniently: an offset is converted to UTC.
+_ANY_INSTANT = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?",
+    re.ASCII,
+)
 
 
-def parse_instant(value: str | None, what: str) -> float:
-    """xs:dateTime with a time zone -> POSIX seconds. Fractions beyond microseconds are cut
-    (ADFS sends seven digits)."""
+def parse_instant(value: str | None, what: str, *, utc_only: bool = True) -> float:
+    """A SAML xs:dateTime -> POSIX seconds.
+
+    ``utc_only`` (every time read from a SAML message) refuses any time zone offset other
+    than "Z" (SAML core 1.3.3); ``utc_only=False`` (metadata ``validUntil``) converts one.
+    Either way a time without designator is taken as UTC, never as local time.
+    """
     if not value:
         raise TokenValidationError(f"{what} is missing")
-    text = _FRACTION.sub(lambda m: m.group(1), value.strip(), count=1)
+    text = value.strip()  # xs:dateTime's whiteSpace facet is "collapse"
+    match = (_UTC_INSTANT if utc_only else _ANY_INSTANT).fullmatch(text)
+    if match is None:
+        if utc_only and re.search(r"[+-]\d{2}:?\d{2}$", text):
+            raise TokenValidationError(f"{what} is not in UTC (SAML core 1.3.3: no time zone)")
+        raise TokenValidationError(f"{what} is not a valid xs:dateTime")
+    fraction = (match.group(7) or "")[:6].ljust(6, "0")
+    zone = match.group(8) or "Z"
+    iso = "-".join(match.group(1, 2, 3)) + "T" + ":".join(match.group(4, 5, 6))
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+        moment = datetime.fromisoformat(f"{iso}.{fraction}{'+00:00' if zone == 'Z' else zone}")
+    except ValueError:  # month 13, hour 24, 30 February ...
         raise TokenValidationError(f"{what} is not a valid xs:dateTime") from None
-    if moment.tzinfo is None:
-        # SAML core 1.3.3: times MUST be UTC with "Z"; a zone-less time is refused.
-        raise TokenValidationError(f"{what} has no time zone")
-    return moment.timestamp()
+    return moment.astimezone(UTC).timestamp()
 
 
 def text_of(element: Element | None) -> str:

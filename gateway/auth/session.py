@@ -2,9 +2,17 @@
 
 The session is a signed cookie (itsdangerous) holding the Identity, a random session id and
 the issue time: ``HttpOnly``, ``Secure`` (off only in dev mode), ``SameSite=Lax``, ``__Host-``
-prefixed when secure, a fresh value at every sign-in (no fixation). Logging out records the
-session id in the store until the cookie would have expired anyway, so a copied cookie stops
-working too.
+prefixed when secure, a fresh value at every sign-in (no fixation).
+
+Fail closed: a session exists only while the store knows it. Issuing writes
+``session:<sid>`` (TTL = the session lifetime), every load reads it (one store read, as the
+revocation check did before) and logging out deletes it. A store that lost its data (a Redis
+restart without persistence, a failover to an empty replica) therefore signs everyone out: it
+can never revive a signed-out or copied cookie, which an "absent means valid" revocation list
+did. A store that cannot be reached raises StoreUnavailable (a 503 page), never "valid".
+Cookies issued before this scheme (no ``session:`` entry) are simply signed out; their holders
+sign in again. The signature still matters: it is what makes the cookie's Identity trustworthy,
+the store entry only says the session is still alive.
 
 The login-binding cookie ties a pending IdP round trip to the browser that started it. For
 OIDC it is ``SameSite=Lax`` (the callback is a top-level GET); the SAML ACS is a cross-site
@@ -27,6 +35,11 @@ from starlette.responses import Response
 
 from gateway.identity import Identity
 from gateway.store.base import Store
+
+
+def _session_key(sid: str) -> str:
+    """The store key whose presence makes session ``sid`` valid."""
+    return f"session:{sid}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +91,16 @@ class SessionManager:
             session = Session(sid=str(data["sid"]), identity=identity, issued_at=int(data["iat"]))
         except (BadSignature, KeyError, TypeError, ValueError):
             return None
-        if await self._store.get(f"revoked:{session.sid}") is not None:
+        # Fail closed: only a session the store still holds is valid. StoreUnavailable
+        # propagates (503); it is never read as "not revoked".
+        if await self._store.get(_session_key(session.sid)) is None:
             return None
         return session
 
-    def issue(self, response: Response, identity: Identity) -> Session:
-        """Start a new session (always a new id: no fixation) and set its cookie."""
+    async def issue(self, response: Response, identity: Identity) -> Session:
+        """Start a new session (always a new id: no fixation): record it in the store for
+        its lifetime, then set its cookie. StoreUnavailable when the store cannot record it
+        (no cookie is set then: it could never be honoured)."""
         if self._relevant_groups is not None:
             kept = tuple(g for g in identity.groups if g in self._relevant_groups)
             identity = Identity(**{**asdict(identity), "groups": kept})
@@ -91,6 +108,7 @@ class SessionManager:
         value = self._serializer.dumps(
             {"sid": session.sid, "iat": session.issued_at, "identity": asdict(identity)}
         )
+        await self._store.set(_session_key(session.sid), b"1", self.lifetime)
         response.set_cookie(
             self.cookie_name,
             value,
@@ -103,11 +121,11 @@ class SessionManager:
         return session
 
     async def end(self, response: Response, session: Session | None) -> None:
-        """End the session: revoke its id in the store and clear the cookie."""
+        """End the session: forget it in the store (a copy of the cookie is dead too) and
+        clear the cookie. The CSRF token is derived from the session id, so nothing else is
+        stored per session."""
         if session is not None:
-            remaining = session.issued_at + self.lifetime - self._clock()
-            if remaining > 0:
-                await self._store.set(f"revoked:{session.sid}", b"1", remaining)
+            await self._store.delete(_session_key(session.sid))
         response.delete_cookie(
             self.cookie_name, path="/", secure=self.secure, httponly=True, samesite="lax"
         )

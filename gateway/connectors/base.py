@@ -12,8 +12,15 @@ Contract of :meth:`Connector.sign_in` (what ``provisioning.py`` relies on):
 * ``known`` given but the digest differs: the connector may update the account first
   (when the app's ``update_on_login`` is on), then mint the link.
 * ``known`` None: find, create or reactivate the account, then mint the link.
+* ``known`` given and ``verify`` True (provisioning asks for it once the cached account was
+  last checked longer than the app's ``revalidate_seconds`` ago): look at the account itself
+  again (still there? deactivated, Not Current?) and reactivate it or raise
+  :class:`gateway.errors.AccountInactive`, as for a first sign-in, then mint the link.
 * The LMS says the cached user does not exist: raise :class:`gateway.errors.AccountGone`;
   provisioning drops the cache entry and calls again with ``known=None``.
+* ``known`` None and the account found (not created) has a role above what the Profile
+  grants: raise :class:`gateway.errors.PrivilegedAccount` (see ``_accounts.py``) unless the
+  app adopts privileged accounts; nothing is changed in the LMS and no link is minted.
 """
 
 from __future__ import annotations
@@ -72,7 +79,8 @@ class Connector(Protocol):
         """Raise a ConnectorError when the LMS cannot be reached or refuses our credentials."""
 
     async def sign_in(
-        self, profile: Profile, known: LmsAccount | None, target: str | None
+        self, profile: Profile, known: LmsAccount | None, target: str | None, *,
+        verify: bool = False,
     ) -> SignIn:
         """Provision as needed and mint a sign-in link (see the module docstring)."""
 

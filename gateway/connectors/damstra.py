@@ -17,6 +17,17 @@ silent (the simulator in ``gateway/sandbox/damstra.py`` makes the same ones):
   ``login_host``.
 * Damstra groups are numeric ids: ``group_map`` values must be group ids; others are ignored.
 * No deep-link form is documented, so any ``target`` is refused.
+* Ids (users, lesson schedules, groups) are numbers in every documented path and answer;
+  an id goes into a URL only as ASCII digits (:func:`_accounts.numeric_id`), whether it came
+  from a browser (``/embed``, ``/api/v1``) or from a Damstra answer.
+* Privileged accounts: the "Roles" table of the User section lists ADMIN(3), EDITOR(4),
+  SUPERVISOR(5), TRAINEE(6), OWNER(7), INSTRUCTOR(8). Only TRAINEE "only has access to consume
+  learning content"; every other role, a role id the table does not list (the document's own
+  example shows ``[1]``) and a non-empty ``groupsSupervised`` (supervisors "manage the users in
+  the group") is above a learner. An existing account holding any of those beyond the role the
+  app maps for the employee is not adopted (unless ``adopt_privileged_accounts``).
+* Revalidation (``verify``): ``GET /user/{id}`` shows ``clientStatusId``; Not Current (57) is
+  reactivated with ``POST /user/{id}/activate`` or refused, exactly as on a first sign-in.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from gateway.connectors._accounts import numeric_id, refuse_privileged
 from gateway.connectors._http import LmsHttp, json_body, same_origin
 from gateway.connectors.base import LessonSchedule, LmsAccount, ProvisionAction, SignIn
 from gateway.errors import (
@@ -52,6 +64,7 @@ log = logging.getLogger("gateway.lms.damstra")
 
 NOT_CURRENT = 57
 ROLE_IDS = {"ADMIN": 3, "EDITOR": 4, "SUPERVISOR": 5, "TRAINEE": 6, "INSTRUCTOR": 8}
+ROLE_NAMES = {**{i: n for n, i in ROLE_IDS.items()}, 7: "OWNER"}  # for operator messages
 SCHEDULE_STATUSES = frozenset({"all", "scheduled", "due", "overdue", "completed", "cancelled"})
 # Keys a JSON-object answer of generate_login_url may carry the link under (undocumented).
 LINK_KEYS = ("touch_token_url", "touchTokenUrl", "url", "loginUrl", "login_url", "link",
@@ -70,20 +83,37 @@ def role_id(role: str | None) -> int:
     key = role.strip().upper()
     if key in ROLE_IDS:
         return ROLE_IDS[key]
-    if key.isdigit() and int(key) in ROLE_IDS.values():
-        return int(key)
+    number = numeric_id(key)
+    if number is not None and int(number) in ROLE_IDS.values():
+        return int(number)
     raise ConnectorError(f"damstra: role {role[:40]!r} is not a Damstra role the gateway may set")
 
 
 def _id(value: Any) -> str | None:
-    """A Damstra numeric id as a string, or None when it is not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and value >= 0:
-        return str(value)
-    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
-        return value
-    return None
+    """A Damstra numeric id as an ASCII-digit string, or None when it is not one."""
+    return numeric_id(value)
+
+
+def _excess_roles(user: dict[str, Any], granted: int) -> list[str]:
+    """The user's roles above TRAINEE and above ``granted`` (the mapped role), as text for
+    the operator; unknown shapes and ids count as privileged (fail closed)."""
+    roles = user.get("roles")
+    if roles is None:
+        roles = []  # "By default users are created with the TRAINEE(6) role."
+    if not isinstance(roles, list):
+        return ["unreadable roles"]
+    excess: list[str] = []
+    for item in roles:
+        raw = item.get("id") if isinstance(item, dict) else item
+        number = _id(raw)
+        if number is None:
+            excess.append("unreadable role")
+        elif int(number) not in (ROLE_IDS["TRAINEE"], granted):
+            excess.append(ROLE_NAMES.get(int(number), f"role id {number}"))
+    supervised = user.get("groupsSupervised")
+    if supervised and granted not in (ROLE_IDS["SUPERVISOR"], ROLE_IDS["ADMIN"]):
+        excess.append("supervises groups")
+    return excess
 
 
 def _internal_code(response: httpx.Response) -> int | None:
@@ -167,14 +197,15 @@ class DamstraConnector:
         await self.http.client.aclose()
 
     async def sign_in(self, profile: Profile, known: LmsAccount | None,
-                      target: str | None) -> SignIn:
-        """Find/create/reactivate/update as needed, then mint a magic link."""
+                      target: str | None, *, verify: bool = False) -> SignIn:
+        """Find/create/reactivate/update as needed, then mint a magic link. With ``verify``
+        a cached account is read again (Not Current?) before the link is minted."""
         if target is not None:
             raise UnsafeTarget("damstra: no documented deep-link form; target refused")
         if known is not None and _id(known.user_id) is None:
             known = None  # not a Damstra id: never put it in a URL; provision afresh
-        if known is not None and (known.profile_digest == profile.digest()
-                                  or not self.app.update_on_login):
+        if known is not None and not verify and (known.profile_digest == profile.digest()
+                                                 or not self.app.update_on_login):
             url = await self._login_url(known.user_id, missing=AccountGone(
                 f"damstra: cached user {known.user_id} no longer exists"))
             return SignIn(url, known, ProvisionAction.NONE)
@@ -231,7 +262,12 @@ class DamstraConnector:
             ids = ", ".join(str(u["id"]) for u in matches[:5])
             raise AmbiguousAccount(f"damstra: {len(matches)} users match by {field} ({ids})")
         if matches:
-            return matches[0], ProvisionAction.NONE
+            user = matches[0]
+            excess = _excess_roles(user, role_id(profile.role))
+            if excess:
+                refuse_privileged(self.app_name, self.app, lms_user_id=str(_id(user["id"])),
+                                  why=", ".join(excess))
+            return user, ProvisionAction.NONE
         created = await self._json("create_user", "POST", "/user", idempotent=False,
                                    json_data=self._create_body(profile))
         if not isinstance(created, dict) or _id(created.get("id")) is None:

@@ -13,6 +13,14 @@ facts in ``shared/reference/README.md``).
   the teams their groups map to. Inactive users are reactivated or refused per app.
 * Deep links: ``course:<OriginalId>`` appends ``&c=<OriginalId>``; any other target is
   refused. (The OriginalId is the number Litmos shows in course URLs.)
+* Ids: Litmos user and team ``Id``s are opaque strings (not numbers), so they are held to a
+  strict ASCII charset (``_ID``) rather than to digits; the course OriginalId is a number.
+* Privileged accounts: "Litmos API overview" (Authentication & Access Level) names the
+  AccessLevels Learner, TeamLeader, Administrator and Account Owner. Anything but Learner (or
+  the AccessLevel the app maps for the employee) is above a learner; an existing user with
+  such an AccessLevel, or none we can read, is not adopted unless the app says so.
+* Revalidation: every sign-in reads the user (the LoginKey comes from that read), so an
+  inactive user is noticed on every sign-in; ``verify`` costs nothing extra here.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from gateway.connectors._accounts import refuse_privileged
 from gateway.connectors._http import LmsHttp, json_body, same_origin
 from gateway.connectors.base import LmsAccount, ProvisionAction, SignIn
 from gateway.errors import (
@@ -112,9 +121,11 @@ class LitmosConnector:
             raise ConnectorError("test_connection: Litmos answer is not a list")
 
     async def sign_in(
-        self, profile: Profile, known: LmsAccount | None, target: str | None
+        self, profile: Profile, known: LmsAccount | None, target: str | None, *,
+        verify: bool = False,
     ) -> SignIn:
-        """Provision as needed, then hand out the user's current LoginKey."""
+        """Provision as needed, then hand out the user's current LoginKey. ``verify`` adds
+        nothing: the one read every sign-in makes already shows ``Active``."""
         course = _course(target)
         digest = profile.digest()
         if known is not None:
@@ -142,6 +153,7 @@ class LitmosConnector:
     async def _find_or_create(self, profile: Profile) -> tuple[dict[str, Any], ProvisionAction]:
         user = await self._find(profile.username)
         if user is not None:
+            self._check_adoptable(user, profile)
             return await self._existing(user, profile, refresh=True)
         is_custom = profile.username.lower() != profile.email.lower()
         body = {
@@ -164,6 +176,7 @@ class LitmosConnector:
             user = await self._find(profile.username)
             if user is None:
                 raise ConnectorError("create_user: 409 but the existing user cannot be found")
+            self._check_adoptable(user, profile)
             return await self._existing(user, profile, refresh=True)
         user = _user(answer, "create_user")
         self._check_username(user, profile.username)
@@ -228,6 +241,16 @@ class LitmosConnector:
         await self._add_to_teams(user, profile)
         return user, action
 
+    def _check_adoptable(self, user: dict[str, Any], profile: Profile) -> None:
+        """Refuse an existing user whose AccessLevel is above Learner and above the mapped
+        role (see the module docstring); before any reactivation, update or team change."""
+        level = user.get("AccessLevel")
+        allowed = {"learner", _level(profile.role or "Learner")}
+        if isinstance(level, str) and _level(level) in allowed:
+            return
+        refuse_privileged(self.app_name, self.app, lms_user_id=str(user["Id"]),
+                          why=level if isinstance(level, str) else "unreadable AccessLevel")
+
     async def _put(self, user: dict[str, Any], changes: dict[str, Any], operation: str) -> None:
         body = {k: user[k] for k in _PUT_FIELDS if k in user}
         body.update(changes)
@@ -266,6 +289,12 @@ class LitmosConnector:
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "c"]
         query.append(("c", course))
         return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _level(access_level: str) -> str:
+    """An AccessLevel compared loosely: the document writes "TeamLeader" and "Account Owner",
+    the API's JSON ``Team_Leader`` / ``Account_Owner``."""
+    return "".join(c for c in access_level.lower() if c.isascii() and c.isalnum())
 
 
 def _course(target: str | None) -> str | None:

@@ -15,12 +15,25 @@ returning employee costs exactly one call, and so does a new one.
 * SkyPrep documents no deep links: any ``target`` raises UnsafeTarget.
 * ``get_login_key`` takes no role; ``Profile.role`` is applied by ``update_user`` when the
   profile changed and the app has ``update_on_login`` on.
+* Privileged accounts: the Admin API reference creates "Users (learners, admins, managers)"
+  with a ``role`` (``manager``, ``admin``; ``power_user`` for Power Users). ``get_login_key``
+  neither shows the role nor can be told to refuse, so a first sign-in (no cached account)
+  first asks ``get_user`` by e-mail: 404 means new (get_login_key creates it as a learner), an
+  existing user whose role is not ``learner`` (nor the app's mapped role), or whose role is
+  unreadable, is not adopted (an answer without ``role`` counts as a learner, see below).
+  That is 2 calls for a first sign-in, 1 for a returning one
+  (and 1 for every sign-in when ``adopt_privileged_accounts`` is on).
+* A cached account is the account of the cached e-mail: when the IdP now sends another
+  e-mail address, that is another SkyPrep account and is treated as a first sign-in.
+* Revalidation (``verify``) adds nothing: SkyPrep documents no deactivated state, and
+  ``get_login_key`` re-creates a deleted account (or answers 404 without autocreate).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from gateway.connectors._accounts import numeric_id, refuse_privileged
 from gateway.connectors._http import LmsHttp, json_body, same_origin
 from gateway.connectors.base import LmsAccount, ProvisionAction, SignIn
 from gateway.errors import (
@@ -73,13 +86,20 @@ class SkyPrepConnector:
             raise ConnectorError("test_connection: SkyPrep did not answer success")
 
     async def sign_in(
-        self, profile: Profile, known: LmsAccount | None, target: str | None
+        self, profile: Profile, known: LmsAccount | None, target: str | None, *,
+        verify: bool = False,
     ) -> SignIn:
         """Provision (through ``get_login_key`` autocreate) and mint a sign-in link."""
         if target is not None:
             raise UnsafeTarget("SkyPrep has no documented deep links")
+        if profile.groups:
+            _groups(profile.groups)  # refuse before any call, not halfway through
         action = ProvisionAction.NONE
         digest = profile.digest()
+        if known is not None and known.user_id != profile.email.lower():
+            known = None  # another e-mail is another SkyPrep account: check it afresh
+        if known is None and not self.app.adopt_privileged_accounts:
+            await self._check_adoptable(profile)
         if known is not None and known.profile_digest != digest and self.app.update_on_login:
             if await self._update(profile):
                 action = ProvisionAction.UPDATED
@@ -87,6 +107,31 @@ class SkyPrepConnector:
                 raise AccountGone("update_user: cached SkyPrep user no longer exists")
         url = await self._login_key(profile, known)
         return SignIn(url, LmsAccount(profile.email.lower(), digest), action)
+
+    async def _check_adoptable(self, profile: Profile) -> None:
+        """``get_user`` by e-mail: nothing (404) or a learner passes; anyone else is refused
+        before get_login_key could sign the browser in as them."""
+        status, body = await self._post("get_user", {"user_email": profile.email},
+                                        idempotent=True, passthrough=(404,))
+        if status == 404:
+            return
+        if not isinstance(body, dict):
+            raise ConnectorError("get_user: answer is not a JSON object")
+        email = body.get("email")
+        if email is not None and (not isinstance(email, str)
+                                  or email.lower() != profile.email.lower()):
+            raise ConnectorError("get_user: answer is for another user")
+        # The reference's get_user sample shows no "role" (it ends in "//More JSON data");
+        # create_user's answer does. An answer without the key is read as SkyPrep's default
+        # role, learner: refusing it would lock out every existing account on a tenant whose
+        # get_user omits roles. A role that is present must be one we allow.
+        role = body.get("role", "learner")
+        allowed = {"learner", (profile.role or "learner").strip().lower()}
+        if isinstance(role, str) and role.strip().lower() in allowed:
+            return
+        refuse_privileged(self.app_name, self.app,
+                          lms_user_id=numeric_id(body.get("id")) or "unknown",
+                          why=role if isinstance(role, str) else "unreadable role")
 
     async def _update(self, profile: Profile) -> bool:
         """``update_user``; False when SkyPrep has no such user (404)."""

@@ -128,16 +128,17 @@ def render(
 
 def choose_page(
     *, action: str, txn: str, audience: str, protocol: str,
-    cancel: bool = True,
+    cancel: bool = True, email_domain: str | None = None,
 ) -> HTMLResponse:
-    """The "Choose a demo employee" page: one button per employee, posting ``txn`` and ``sub``."""
+    """The "Choose a demo employee" page: one button per employee, posting ``txn`` and ``sub``
+    (addresses shown in ``email_domain`` when the IdP issues them there)."""
     return render(
         "choose_employee.html",
         action=action,
         txn=txn,
         audience=audience,
         protocol=protocol,
-        employees=EMPLOYEES,
+        employees=[e.at_domain(email_domain) for e in EMPLOYEES],
         cancel=cancel,
     )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import html
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ COMPLETED = {"internalCode": 837, "error": "This lesson schedule is completed"}
 CANCELLED = {"internalCode": 836, "error": "This lesson schedule is cancelled"}
 USER_FIELDS = ("userName", "firstName", "lastName", "emailAddress", "phoneNumber",
                "mobileNumber", "employeeNumber", "timeZone")
+
+
+def _ascii_id(raw: str) -> bool:
+    """Damstra ids are numbers; ``str.isdigit`` would also take other scripts' digits
+    (``'١٢٣'``), which ``int()`` turns into 123."""
+    return re.fullmatch(r"[0-9]{1,20}", raw) is not None
 
 
 def _now() -> str:
@@ -130,6 +137,12 @@ class DamstraSimulator:
     def cancel(self, schedule_id: int) -> None:
         self.schedules[schedule_id]["status"] = "cancelled"
 
+    def set_roles(self, user_id: int, roles: tuple[int, ...],
+                  groups_supervised: tuple[int, ...] = ()) -> None:
+        """Change a user's roles (and supervised groups), as an admin would in the UI."""
+        self.users[user_id].update(roles=list(roles),
+                                   groupsSupervised=[{"id": g} for g in groups_supervised])
+
     def set_status(self, user_id: int, client_status_id: int) -> None:
         self.users[user_id].update(clientStatusId=client_status_id,
                                    active=client_status_id == ACTIVE)
@@ -192,14 +205,14 @@ class DamstraSimulator:
         user["modifiedDate"] = _now()
 
     def _user(self, raw: str) -> dict[str, Any]:
-        user = self.users.get(int(raw)) if raw.isdigit() else None
+        user = self.users.get(int(raw)) if _ascii_id(raw) else None
         if user is None:
             raise _Problem(404, {"message": f"User with id {raw[:20]} not found",
                                  "reason": "User not found", "statusCode": 404})
         return user
 
     def _schedule(self, raw: str | None) -> dict[str, Any]:
-        schedule = self.schedules.get(int(raw)) if raw and raw.isdigit() else None
+        schedule = self.schedules.get(int(raw)) if raw and _ascii_id(raw) else None
         if schedule is None:
             raise _Problem(404, NO_SCHEDULE)
         return schedule

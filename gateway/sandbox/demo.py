@@ -26,7 +26,11 @@ from starlette.routing import Route
 from gateway.config import parse_settings
 from gateway.sandbox._common import Served, bind_port, serve_task
 from gateway.sandbox.damstra import DamstraSimulator
-from gateway.sandbox.employees import DEMO_ALLOWED_GROUPS, DEMO_EMAIL_DOMAIN
+from gateway.sandbox.employees import (
+    DEMO_ALLOWED_GROUPS,
+    DEMO_EMAIL_DOMAIN,
+    DEMO_SAML_EMAIL_DOMAIN,
+)
 from gateway.sandbox.litmos import LitmosSimulator
 from gateway.sandbox.oidc_idp import DemoClient, DemoOidcProvider
 from gateway.sandbox.saml_idp import DemoSamlIdp
@@ -56,6 +60,8 @@ class DemoStack:
     gateway_app: Starlette
     servers: list[Served] = field(default_factory=list)
     workdir: tempfile.TemporaryDirectory[str] | None = None
+    # The operator listener: /metrics and detailed /readyz (not on the public gateway URL).
+    operator_url: str = ""
 
     async def stop(self) -> None:
         # The gateway (started last) first, so its LMS/IdP connections close; then the rest
@@ -89,11 +95,17 @@ def demo_config(
     store: dict[str, Any] | None = None,
     calls_per_minute: int = 100,
 ) -> dict[str, Any]:
-    """The demo's configuration as TOML-shaped data (validated like any file)."""
+    """The demo's configuration as TOML-shaped data (validated like any file).
+
+    Trust model: each demo IdP vouches only for its own e-mail domain (the OpenID Provider
+    for the company's, the SAML IdP for the subsidiary's), both are trusted for groups, and
+    only the company's IdP may grant the Litmos role above the default.
+    """
     idps = ["demo-oidc", "demo-saml"]
     rules = {
-        "allowed_email_domains": [DEMO_EMAIL_DOMAIN],
+        "allowed_email_domains": [DEMO_EMAIL_DOMAIN, DEMO_SAML_EMAIL_DOMAIN],
         "required_groups": list(DEMO_ALLOWED_GROUPS),
+        "group_idps": idps,
     }
     budget = {"calls_per_minute": calls_per_minute, "max_wait_seconds": 5.0}
     return {
@@ -113,6 +125,7 @@ def demo_config(
                 "client_secret": {"env": "DEMO_OIDC_SECRET"},
                 "display_name": "Demo company (OpenID Connect)",
                 "claims": {"employee_number": "employee_number"},
+                "email_domains": [DEMO_EMAIL_DOMAIN],
                 "end_session": True,
             },
             "demo-saml": {
@@ -120,6 +133,7 @@ def demo_config(
                 "sp_entity_id": f"{gateway}/auth/demo-saml/metadata",
                 "display_name": "Demo company (SAML)",
                 "metadata_file": saml_metadata_file,
+                "email_domains": [DEMO_SAML_EMAIL_DOMAIN],
                 "allow_idp_initiated": True,
                 "default_app": "skyprep",
             },
@@ -162,6 +176,7 @@ def demo_config(
                 "display_name": "Litmos (demo)",
                 "budget": budget,
                 "role_map": {"Managers": "Team_Leader"},
+                "role_idps": ["demo-oidc"],
                 "group_map": {"Safety": "safety"},
                 **rules,
                 "litmos": {
@@ -204,14 +219,20 @@ async def start_demo(
     store: dict[str, Any] | None = None,
     calls_per_minute: int = 100,
     environ: dict[str, str] | None = None,
+    saml_email_domain: str = DEMO_SAML_EMAIL_DOMAIN,
 ) -> DemoStack:
     """Start the whole demo on 127.0.0.1: the gateway on ``port`` (0 = any free port), the
-    other servers on the following ports (or free ports)."""
-    from gateway.app import create_app  # the sandbox imports the gateway, never the reverse
+    other servers on the following ports (or free ports).
 
-    socks = [_bind(port + i if port else 0) for i in range(7)]
+    ``saml_email_domain`` is the domain the demo SAML IdP issues addresses in; the config
+    always makes it authoritative for :data:`DEMO_SAML_EMAIL_DOMAIN` only, so tests can turn
+    it into an IdP asserting another IdP's people."""
+    # The sandbox imports the gateway, never the reverse.
+    from gateway.app import create_app, create_operator_app
+
+    socks = [_bind(port + i if port else 0) for i in range(8)]
     urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
-    gateway, oidc, saml, skyprep_url, damstra_url, litmos_url, portal = urls
+    gateway, oidc, saml, skyprep_url, damstra_url, litmos_url, portal, operator = urls
     workdir = tempfile.TemporaryDirectory(prefix="gateway-demo-")
     client_secret = secrets.token_urlsafe(24)
 
@@ -231,6 +252,7 @@ async def start_demo(
         f"{gateway}/auth/demo-saml/acs",
         demo_mode=True,
         idp_initiated_relay_state="skyprep",
+        email_domain=saml_email_domain,
     )
     metadata_file = Path(workdir.name) / "demo-saml-idp.xml"
     metadata_file.write_bytes(saml_idp.metadata)
@@ -275,6 +297,7 @@ async def start_demo(
         settings,
         gateway_app,
         workdir=workdir,
+        operator_url=operator,
     )
     try:
         # IdPs and LMSs first: the gateway fetches discovery when it starts.
@@ -285,6 +308,7 @@ async def start_demo(
             (damstra.app, socks[4]),
             (litmos.app, socks[5]),
             (_portal_app(gateway, induction), socks[6]),
+            (create_operator_app(gateway_app), socks[7]),
             (gateway_app, socks[0]),
         ):
             stack.servers.append(await serve_task(app, sock))
@@ -310,6 +334,7 @@ def banner(stack: DemoStack) -> str:
             ),
             f"  {stack.portal_url}/          a portal page embedding Bob Brown's lesson player",
             f"  {stack.saml_url}/          the demo SAML IdP (IdP-initiated sign-in)",
+            f"  {stack.operator_url}/metrics   metrics (operator listener; not public)",
             "Pick any employee; Dana Visitor shows the access-denied page.",
             "",
         ]

@@ -1,7 +1,12 @@
 """The demo directory: the employees the sandbox identity providers let you sign in as.
 
 Used only by ``gateway demo`` and the tests (``DemoOidcProvider``, ``DemoSamlIdp``); never by
-``gateway serve``. Everyone is in ``@example.com`` (a reserved domain, RFC 2606).
+``gateway serve``. The directory lists everyone at ``@example.com`` (a reserved domain,
+RFC 2606): the company whose IdP is the demo OpenID Provider. The demo SAML IdP stands for a
+subsidiary whose people have ``@example.org`` addresses (:data:`DEMO_SAML_EMAIL_DOMAIN`; it
+issues each person's address in that domain, see :meth:`DemoEmployee.at_domain`): the demo
+config makes each IdP authoritative for its own domain only, so neither can sign anyone in as
+the other's employee (the README's trust model).
 
 The demo's access rule is meant to require one of :data:`DEMO_ALLOWED_GROUPS`: every employee
 has ``"Staff"`` except the contractor Dana Visitor, who is only in ``"Contractors"`` and so
@@ -10,12 +15,14 @@ shows the "your account may not use this application" page.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The groups the demo config's access rule should require (any of). Dana is in none of them.
 DEMO_ALLOWED_GROUPS: tuple[str, ...] = ("Staff",)
-# The e-mail domain every demo employee has, for an allowed-domains rule.
+# The e-mail domain of the demo OpenID Provider's employees (the directory's addresses).
 DEMO_EMAIL_DOMAIN = "example.com"
+# The e-mail domain the demo SAML IdP issues its employees' addresses in.
+DEMO_SAML_EMAIL_DOMAIN = "example.org"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +40,12 @@ class DemoEmployee:
     @property
     def display_name(self) -> str:
         return f"{self.given_name} {self.family_name}"
+
+    def at_domain(self, domain: str | None) -> DemoEmployee:
+        """This person with their e-mail address in ``domain`` (unchanged for None)."""
+        if domain is None:
+            return self
+        return replace(self, email=f"{self.email.rpartition('@')[0]}@{domain}")
 
 
 EMPLOYEES: tuple[DemoEmployee, ...] = (

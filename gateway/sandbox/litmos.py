@@ -132,9 +132,12 @@ class LitmosSimulator:
     # -- test hooks ------------------------------------------------------------------
 
     def add_user(self, username: str, first_name: str = "", last_name: str = "",
-                 email: str = "", *, active: bool = True) -> LitmosUser:
+                 email: str = "", *, active: bool = True,
+                 access_level: str = "Learner") -> LitmosUser:
+        """Create a user directly, as an admin would in the Litmos UI (``access_level``:
+        Learner, Team_Leader, Administrator, Account_Owner)."""
         user = LitmosUser(_new_id(), next(self._original_ids), username, first_name,
-                          last_name, email or username, Active=active)
+                          last_name, email or username, AccessLevel=access_level, Active=active)
         user.LoginKey = self._new_login_key()
         self.users[user.Id] = user
         return user
@@ -148,6 +151,10 @@ class LitmosSimulator:
         course = LitmosCourse(_new_id(), next(self._original_ids), name)
         self.courses[course.Id] = course
         return course
+
+    def set_active(self, user_id: str, active: bool) -> None:
+        """Deactivate (or reactivate) a user, as an admin would in the Litmos UI."""
+        self.users[user_id].Active = active
 
     def delete_user(self, user_id: str) -> None:
         self.users.pop(user_id, None)

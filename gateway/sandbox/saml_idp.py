@@ -85,7 +85,8 @@ class DemoSamlIdp:
     """A development SAML IdP served by :attr:`app` (endpoints at the app's root).
 
     ``sso_url_base`` is the URL where :attr:`app` is reachable; the SSO endpoint is
-    ``sso_url_base + "/sso"``. Raises ``RuntimeError`` unless ``demo_mode`` is True.
+    ``sso_url_base + "/sso"``. ``email_domain`` (if set) is the domain it issues every demo
+    employee's address in. Raises ``RuntimeError`` unless ``demo_mode`` is True.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class DemoSamlIdp:
         *,
         demo_mode: bool,
         idp_initiated_relay_state: str | None = None,
+        email_domain: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         require_demo_mode(demo_mode, "DemoSamlIdp")
@@ -107,6 +109,8 @@ class DemoSamlIdp:
         self.sp_entity_id = sp_entity_id
         self.sp_acs_url = sp_acs_url
         self.idp_initiated_relay_state = idp_initiated_relay_state
+        # The domain this IdP issues its employees' addresses in (None: the directory's).
+        self.email_domain = email_domain
         self._clock = clock
         self._key = SigningKey.generate("gateway demo SAML IdP", self._now())
         self._metadata = metadata_xml(entity_id, self.sso_url, self._key)
@@ -175,7 +179,7 @@ class DemoSamlIdp:
     def _choose_page(self, txn: str) -> Response:
         return choose_page(
             action="/sso", txn=txn, audience=self.sp_entity_id, protocol="SAML 2.0",
-            cancel=False,
+            cancel=False, email_domain=self.email_domain,
         )
 
     async def _choose(self, request: Request) -> Response:
@@ -186,6 +190,7 @@ class DemoSamlIdp:
         employee = find_employee(form.get("sub", ""))
         if employee is None:
             raise BadRequest("unknown demo employee")
+        employee = employee.at_domain(self.email_domain)
         xml = signed_response(
             issuer=self.entity_id,
             key=self._key,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -128,10 +129,11 @@ class SkyPrepSimulator:
     # -- test hooks ------------------------------------------------------------------
 
     def add_user(self, email: str, first_name: str = "", last_name: str = "",
-                 groups: list[str] | None = None) -> SkyPrepUser:
-        """Create a user directly (as an admin would in the SkyPrep UI)."""
+                 groups: list[str] | None = None, *, role: str = "learner") -> SkyPrepUser:
+        """Create a user directly (as an admin would in the SkyPrep UI); ``role`` as in the
+        reference: learner, manager, admin, power_user, ..."""
         self._next_id += 1
-        user = SkyPrepUser(self._next_id, email, first_name, last_name,
+        user = SkyPrepUser(self._next_id, email, first_name, last_name, role=role,
                            user_groups=list(groups or []))
         self.users[email.lower()] = user
         return user
@@ -192,6 +194,9 @@ class SkyPrepSimulator:
 
     def _find(self, params: dict[str, str]) -> SkyPrepUser | None:
         if params.get("user_id"):
+            # Ids are numbers: only ASCII digits name one (str.isdigit would take '١٢٣').
+            if not re.fullmatch(r"[0-9]{1,20}", params["user_id"]):
+                return None
             return next((u for u in self.users.values() if str(u.id) == params["user_id"]), None)
         email = params.get("user_email") or params.get("email") or ""
         return self.users.get(email.lower())

@@ -46,6 +46,25 @@ class Store(Protocol):
     async def pause_bucket(self, key: str, seconds: float) -> None:
         """Empty the bucket and hold it empty for ``seconds`` (the LMS said slow down)."""
 
+    async def incr_with_ttl(
+        self, key: str, ttl: float, amount: int = 1, *, anonymous: bool = False
+    ) -> int:
+        """Add ``amount`` (may be negative) to the integer counter at ``key`` and return the
+        new value, atomically. A counter that did not exist starts at 0 and lives ``ttl``
+        seconds from its creation (later calls never extend it: a fixed window). Counters
+        never go below 0. ``get`` reads one as decimal bytes (``b"3"``).
+
+        ``anonymous=True`` says an unauthenticated caller causes this write (the pending-login
+        admission counters): a store with a size limit refuses it with
+        :class:`gateway.errors.StoreFull` when full instead of making room. Security entries
+        (replay caches, sessions, revocations) are never evicted to admit anything.
+        """
+
+    async def health_problems(self) -> list[str]:
+        """Deployment problems an operator should fix that do not stop the store working
+        (e.g. a Redis eviction policy that could drop replay-cache entries); [] when none.
+        Never raises: what cannot be checked is reported as unknown."""
+
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""
 

@@ -78,6 +78,25 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((paused - now) * 1000) + 3600000)
 return 1
 """
 
+# KEYS[1] counter; ARGV: amount, ttl in ms. INCRBY, floored at 0; the TTL is set when the
+# counter is created and never extended (a fixed window, as in MemoryStore.incr_with_ttl).
+_INCR = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if v < 0 then
+  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+  v = 0
+end
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return v
+"""
+
+# Every policy but noeviction may drop keys under memory pressure; the volatile-* ones too,
+# since every key here has a TTL. Dropping a replay-cache or revocation entry would silently
+# turn that check off, so anything else is flagged (README: "Redis: maxmemory-policy").
+SAFE_EVICTION_POLICY = "noeviction"
+
 
 def _px(ttl: float) -> int:
     # Redis refuses PX 0; a TTL under a millisecond is as good as expired.
@@ -141,6 +160,7 @@ class RedisStore:
         self._redis = Redis(connection_pool=self._pool)
         self._take = self._redis.register_script(_TAKE_TOKEN)
         self._pause = self._redis.register_script(_PAUSE)
+        self._incr = self._redis.register_script(_INCR)
 
     def _k(self, key: str) -> str:
         return self._prefix + key
@@ -183,6 +203,44 @@ class RedisStore:
         await self._run(
             "pause_bucket", lambda: self._pause(keys=[self._k(key)], args=[repr(seconds)])
         )
+
+    async def incr_with_ttl(
+        self, key: str, ttl: float, amount: int = 1, *, anonymous: bool = False
+    ) -> int:
+        # ``anonymous`` needs nothing here: Redis's size is bounded by maxmemory, and with the
+        # noeviction policy a full Redis refuses writes (StoreUnavailable) instead of evicting.
+        value = await self._run(
+            "incr_with_ttl",
+            lambda: self._incr(keys=[self._k(key)], args=[int(amount), _px(ttl)]),
+        )
+        return int(value)
+
+    async def eviction_policy(self) -> str:
+        """Redis's ``maxmemory-policy``, or ``"unknown"`` when CONFIG is not permitted (managed
+        Redis often disables it) or Redis cannot be asked right now."""
+        try:
+            answer = await self._redis.config_get("maxmemory-policy")
+        except (RedisError, OSError, TimeoutError):
+            return "unknown"
+        for name, value in answer.items():
+            name_ = name.decode() if isinstance(name, bytes) else str(name)
+            if name_ == "maxmemory-policy":
+                return value.decode() if isinstance(value, bytes) else str(value)
+        return "unknown"
+
+    async def health_problems(self) -> list[str]:
+        policy = await self.eviction_policy()
+        if policy == SAFE_EVICTION_POLICY:
+            return []
+        if policy == "unknown":
+            return [
+                "store: redis maxmemory-policy unknown (CONFIG GET not permitted or failed); "
+                "make sure it is noeviction"
+            ]
+        return [
+            f"store: redis maxmemory-policy is {policy[:40]}, not noeviction: under memory "
+            "pressure Redis may evict replay-cache and session entries"
+        ]
 
     async def ping(self) -> None:
         await self._run("ping", self._redis.ping)

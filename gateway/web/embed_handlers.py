@@ -1,13 +1,16 @@
 """Routes for embedded lesson players (thin Starlette glue over :mod:`gateway.embed`).
 
 * ``GET /embed/{app}/lesson-schedules/{id}``: the portal's iframe, with the gateway session.
+  This is THE browser path: the employee's own session decides whose lessons are shown.
 * ``GET /api/v1/apps/{app}/lesson-schedules?employee=&status=`` and
   ``GET /api/v1/apps/{app}/lesson-schedules/{id}/embed?employee=``: portal back-ends with a
-  bearer credential (``OPTIONS`` answers CORS preflights for configured portal origins).
+  bearer credential, server to server. No CORS headers and no successful ``OPTIONS``
+  preflight unless a portal opts in with ``browser_cors = true`` (then for its configured
+  origins only).
 
 Errors inside the iframe are rendered with the embed page's ``frame-ancestors`` so the portal
-shows the explanation instead of a blocked frame; API errors carry the CORS headers so a
-portal page can read them.
+shows the explanation instead of a blocked frame. A repeated ``employee`` or ``status`` is a
+400 before any LMS call.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import html
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
@@ -23,40 +27,65 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from gateway import embed
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import Forbidden, GatewayError, NotFound
 from gateway.policy import profile_for
-from gateway.web.responses import NO_STORE, gateway_error_response, services
+from gateway.web.responses import NO_STORE, gateway_error_response, services, single_param
 
 if TYPE_CHECKING:
     from gateway.app import AppRuntime
     from gateway.store.base import Store
 
 
-# How long the portal API remembers e-mail -> LMS user id (each lookup is an LMS search).
+# Longest the portal API remembers e-mail -> LMS user id (each lookup is an LMS search). The
+# app's revalidate_seconds (and account_cache_seconds) shorten it: the mapping is re-checked
+# against the LMS (gone? inactive?) at least that often, and reading it never extends it.
 PORTAL_USER_CACHE_SECONDS = 3600
 
 
-def _resolver(runtime: AppRuntime, store: Store) -> Callable[[str], Awaitable[str]]:
+@dataclass(frozen=True, slots=True)
+class PortalUsers:
+    """The portal API's e-mail -> LMS user id lookup for one app, cached in the store."""
+
+    resolve: Callable[[str], Awaitable[str]]
+    forget: Callable[[str], Awaitable[None]]
+
+
+def portal_user_ttl(runtime: AppRuntime) -> int:
+    """Seconds a portal e-mail -> user id mapping may be served without asking the LMS."""
+    app = runtime.settings
+    return min(PORTAL_USER_CACHE_SECONDS, app.revalidate_seconds, app.account_cache_seconds)
+
+
+def _resolver(runtime: AppRuntime, store: Store) -> PortalUsers:
     """The employee's LMS user id by e-mail, cached in the store: a portal drawing its page
-    then spends its LMS calls on lessons, not on finding the same employee again."""
+    then spends its LMS calls on lessons, not on finding the same employee again. One LMS
+    search per employee per TTL; the TTL runs from that search (a hit does not renew it), so
+    an account the LMS has since removed or deactivated is refused at the next search."""
     find: Callable[[str], Awaitable[str]] | None = getattr(runtime.connector, "find_user_id", None)
     if find is None:
         raise NotFound(f"app {runtime.name} has no embeddable lessons")
     lookup = find
-    ttl = min(PORTAL_USER_CACHE_SECONDS, runtime.settings.account_cache_seconds)
+    ttl = portal_user_ttl(runtime)
+
+    def key_of(email: str) -> str:
+        digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+        return f"portal-user:{runtime.name}:{digest}"
 
     async def resolve(email: str) -> str:
-        digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()
-        key = f"portal-user:{runtime.name}:{digest}"
+        key = key_of(email)
         cached = await store.get(key) if ttl else None
         if cached is not None:
             return cached.decode()
+        # Raises NotFound / AccountInactive / AmbiguousAccount: nothing is cached then.
         user_id = await lookup(email)
-        if ttl:
+        if ttl and user_id:
             await store.set(key, user_id.encode(), ttl)
         return user_id
 
-    return resolve
+    async def forget(email: str) -> None:
+        await store.delete(key_of(email))
+
+    return PortalUsers(resolve, forget)
 
 
 async def embed_page(request: Request) -> Response:
@@ -105,11 +134,15 @@ def _sign_in_page(runtime: AppRuntime, path: str, headers: dict[str, str]) -> Re
 async def _api(request: Request, work: Callable[[AppRuntime], Awaitable[object]]) -> Response:
     svc = services(request)
     app_name = request.path_params["app"]
-    cors = embed.cors_headers(svc.settings.portal, request.headers.get("origin"), app_name)
+    origin = request.headers.get("origin")
+    # Before the credential is known (401/403): origins of opted-in portals of this app.
+    cors = embed.cors_headers(svc.settings.portal, origin, app_name)
     try:
-        embed.authenticate_portal(
+        portal = embed.authenticate_portal(
             request.headers.get("authorization"), svc.settings.portal, app_name
         )
+        # Known: only the calling portal's own origins (and only if it opted in).
+        cors = embed.cors_headers(svc.settings.portal, origin, app_name, portal=portal)
         body = await work(svc.app(app_name))
         return JSONResponse(body, headers={**NO_STORE, **cors})
     except GatewayError as exc:
@@ -120,15 +153,13 @@ async def _api(request: Request, work: Callable[[AppRuntime], Awaitable[object]]
 
 async def api_lesson_schedules(request: Request) -> Response:
     """``GET /api/v1/apps/{app}/lesson-schedules?employee=<email>&status=due``."""
-    params = request.query_params
 
     async def work(runtime: AppRuntime) -> object:
+        employee = single_param(request, "employee")
+        status = single_param(request, "status")
+        users = _resolver(runtime, services(request).store)
         return await embed.portal_lesson_schedules(
-            runtime.connector,
-            runtime.name,
-            _resolver(runtime, services(request).store),
-            params.get("employee"),
-            params.get("status"),
+            runtime.connector, runtime.name, users.resolve, employee, status, forget=users.forget
         )
 
     return await _api(request, work)
@@ -138,19 +169,23 @@ async def api_embed(request: Request) -> Response:
     """``GET /api/v1/apps/{app}/lesson-schedules/{id}/embed?employee=<email>``."""
 
     async def work(runtime: AppRuntime) -> object:
+        employee = single_param(request, "employee")
+        users = _resolver(runtime, services(request).store)
         return await embed.portal_embed(
             runtime.connector,
             runtime.name,
-            _resolver(runtime, services(request).store),
-            request.query_params.get("employee"),
+            users.resolve,
+            employee,
             request.path_params["id"],
+            forget=users.forget,
         )
 
     return await _api(request, work)
 
 
 async def api_preflight(request: Request) -> Response:
-    """CORS preflight: allowed only for origins of portals scoped to the app."""
+    """CORS preflight: succeeds only for origins of portals scoped to the app that opted in
+    with ``browser_cors``; anything else is a 403 without any ``Access-Control-*`` header."""
     svc = services(request)
     headers = embed.cors_headers(
         svc.settings.portal,
@@ -158,6 +193,14 @@ async def api_preflight(request: Request) -> Response:
         request.path_params["app"],
         preflight=True,
     )
+    if "Access-Control-Allow-Origin" not in headers:
+        refused = Forbidden(
+            "portal API: CORS preflight refused (origin not configured or browser_cors off)",
+            public="This API is for portal servers, not browsers.",
+        )
+        response = gateway_error_response(request, refused)
+        response.headers.update(headers)
+        return response
     return Response(status_code=204, headers={**NO_STORE, **headers})
 
 

@@ -7,6 +7,7 @@ for ``/api``) by :func:`gateway_error`, with the request id as the support refer
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.auth.authority import vouch
 from gateway.auth.base import LoginRequest
 from gateway.auth.oidc import OidcFrontDoor
 from gateway.auth.saml import SamlFrontDoor
@@ -25,6 +27,8 @@ from gateway.errors import (
     GatewayError,
     NotFound,
     StoreUnavailable,
+    TooManyPendingLogins,
+    Unauthorized,
     UnsafeTarget,
 )
 from gateway.identity import Identity
@@ -32,9 +36,11 @@ from gateway.observability import audit
 from gateway.policy import profile_for
 from gateway.settings import SamlIdpSettings
 from gateway.targets import check_return_to, check_target, safe_return_to
+from gateway.web import confirm
 from gateway.web.responses import (
     NO_STORE,
     gateway_error_response,
+    reject_repeated,
     services,
     small_form,
 )
@@ -51,6 +57,7 @@ async def login(request: Request) -> Response:
     """``GET /login/{app}``: reuse the session or start one, then launch the app."""
     svc = services(request)
     runtime = svc.app(request.path_params["app"])
+    reject_repeated(request, "target", "idp")
     target = check_target(request.query_params.get("target"))
     session = await svc.sessions.load(request)
     if session is not None and session.identity.idp in runtime.settings.idps:
@@ -74,6 +81,7 @@ async def auth_login(request: Request) -> Response:
     svc = services(request)
     idp = request.path_params["idp"]
     svc.front_door(idp)
+    reject_repeated(request, "app", "target", "return_to")
     params = request.query_params
     app_name = params.get("app")
     if app_name is not None:
@@ -97,7 +105,20 @@ async def auth_login(request: Request) -> Response:
 async def start_login(request: Request, idp: str, login_request: LoginRequest) -> Response:
     svc = services(request)
     door = svc.front_door(idp)
-    redirect = await door.begin(login_request)
+    # Abuse limit (gateway/limits.py): anyone can start a sign-in, and each stores state until
+    # login_timeout; past the caps nothing is stored and the browser is asked to come back.
+    client = request.client.host if request.client else None
+    try:
+        await svc.pending_logins.admit(client)
+    except TooManyPendingLogins as exc:
+        refused = gateway_error_response(request, exc)
+        refused.headers["Retry-After"] = str(max(1, int(exc.retry_after)))
+        return refused
+    try:
+        redirect = await door.begin(login_request)
+    except Exception:
+        await svc.pending_logins.release(client)
+        raise
     response = RedirectResponse(redirect.url, status_code=303, headers=NO_STORE)
     svc.sessions.set_login_binding(
         response, redirect.browser_token, cross_site_post=door.kind == "saml"
@@ -134,8 +155,12 @@ async def saml_acs(request: Request) -> Response:
     if not saml_response:
         raise BadRequest("ACS POST without SAMLResponse")
 
+    unsolicited: list[LoginRequest] = []
+
     def resolve_unsolicited(relay_state: str | None) -> LoginRequest:
-        return _unsolicited_request(svc, idp_settings.default_app, relay_state)
+        resolved = _unsolicited_request(svc, idp_settings.default_app, relay_state)
+        unsolicited.append(resolved)
+        return resolved
 
     try:
         identity, login_request = await door.complete(
@@ -147,7 +172,31 @@ async def saml_acs(request: Request) -> Response:
     except GatewayError:
         svc.metrics.sign_ins.labels(door.name, "-", "auth_failed").inc()
         raise
+    if unsolicited:
+        # IdP-initiated: nobody at this browser asked for it, so it never starts or replaces
+        # a session without the person's "Continue" (login CSRF; see gateway/web/confirm.py).
+        return await confirm.hold(request, door, identity, login_request)
     return await finish_login(request, identity, login_request)
+
+
+async def saml_confirm(request: Request) -> Response:
+    """``POST /auth/{idp}/confirm``: Continue or Cancel a held IdP-initiated sign-in."""
+    svc = services(request)
+    door = confirm.saml_door(request)
+    if not _same_origin_post(request, svc):
+        raise BadRequest("cross-site sign-in confirmation refused")
+    form = await small_form(request, 4096)
+    browser_token = svc.sessions.login_binding(request)
+    action = form.get("action")
+    if action == "cancel":
+        await door.confirmations.discard(browser_token)
+        response = svc.pages.render("sign_in_cancelled.html", headers=dict(NO_STORE))
+        svc.sessions.clear_login_binding(response)
+        return response
+    if action != "continue":
+        raise BadRequest("sign-in confirmation without a Continue or Cancel choice")
+    held = await door.confirmations.take(browser_token, form.get("csrf"))
+    return await finish_login(request, held.identity, held.login)
 
 
 async def saml_metadata(request: Request) -> Response:
@@ -185,6 +234,16 @@ async def finish_login(
 ) -> Response:
     """The IdP vouched for ``identity``: start a fresh session and continue."""
     svc = services(request)
+    try:
+        # Trust model: an IdP speaks only for its own e-mail domains. Checked here, once for
+        # both protocols, before any LMS call and before a session exists.
+        vouch(identity, svc.settings.idp[identity.idp])
+    except GatewayError as exc:
+        svc.metrics.sign_ins.labels(identity.idp, "-", exc.code).inc()
+        raise
+    # The IdP's answer used up this browser's pending login: give its slot back, so people
+    # who finish their sign-ins are never held back by the per-client limit.
+    await svc.pending_logins.release(request.client.host if request.client else None)
     if login_request.app is not None:
         runtime = svc.app(login_request.app)
         try:
@@ -202,7 +261,7 @@ async def finish_login(
         response = RedirectResponse(
             login_request.return_to or "/", status_code=303, headers=NO_STORE
         )
-    svc.sessions.issue(response, identity)
+    await svc.sessions.issue(response, identity)
     svc.sessions.clear_login_binding(response)
     return response
 
@@ -247,8 +306,12 @@ async def logout_page(request: Request) -> Response:
     session = await svc.sessions.load(request)
     if session is None:
         return svc.pages.render("signed_out.html")
+    # same-origin (not no-referrer) so the browser sends our real Origin with the POST.
     return svc.pages.render(
-        "logout.html", csrf=svc.sessions.csrf_token(session), identity=session.identity
+        "logout.html",
+        headers={"Referrer-Policy": "same-origin"},
+        csrf=svc.sessions.csrf_token(session),
+        identity=session.identity,
     )
 
 
@@ -283,14 +346,26 @@ async def signed_out(request: Request) -> Response:
 
 
 def _same_origin_post(request: Request, svc: Services) -> bool:
-    origin = request.headers.get("origin")
+    """Whether a state-changing POST came from one of our own pages.
+
+    Judged from every signal browsers send, strongest first. Fetch Metadata
+    (``Sec-Fetch-Site``, all current browsers) is authoritative when present. A real
+    ``Origin`` must be ours. ``Origin: null`` is what Chromium and Firefox send for a form
+    posted from a page whose referrer policy is ``no-referrer`` (and what sandboxed frames
+    send): it proves nothing either way, so the caller's CSRF token (bound to the session)
+    decides. Without either header (old browsers), a Referer on our origin is required.
+    """
     public = svc.settings.gateway.public_url.rstrip("/")
-    if origin is not None:
-        return origin == public
-    # No Origin (older browsers): fall back to Fetch Metadata, then to the Referer's origin.
     fetch_site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
     if fetch_site is not None:
-        return fetch_site in ("same-origin", "none")
+        # "none" is a user-initiated navigation (typed URL, bookmark), never a cross-site form.
+        same = fetch_site in ("same-origin", "none")
+        return same and (origin is None or origin in ("null", public))
+    if origin is not None and origin != "null":
+        return origin == public
+    if origin == "null":
+        return True
     referer = request.headers.get("referer", "")
     return referer == public or referer.startswith(public + "/")
 
@@ -308,22 +383,70 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-async def readyz(request: Request) -> Response:
-    svc = services(request)
-    problems = [
+async def readiness(svc: Services) -> tuple[bool, list[str]]:
+    """Whether this process can serve sign-ins, and every problem found. Problems that do
+    not stop sign-ins (a Redis that may evict) are listed but leave it ready."""
+    blocking = [
         f"idp {name}: not loaded" for name, door in svc.front_doors.items() if not door.ready
     ]
+    warnings: list[str] = []
     try:
         await svc.store.ping()
     except StoreUnavailable:
-        problems.append("store: unreachable")
-    status = 503 if problems else 200
-    return JSONResponse({"ready": not problems, "problems": problems}, status_code=status)
+        blocking.append("store: unreachable")
+    else:
+        warnings = await svc.store.health_problems()
+    return not blocking, [*blocking, *warnings]
+
+
+def _operator_token_ok(request: Request) -> bool:
+    """True when ``[operator] token`` is set and presented as ``Authorization: Bearer``.
+    Absent: False. Presented but wrong: Unauthorized (401)."""
+    token = services(request).settings.operator.token
+    presented = request.headers.get("authorization")
+    if token is None or presented is None:
+        return False
+    scheme, _, value = presented.partition(" ")
+    # Constant-time: the comparison must not tell how much of a guess was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        value.strip().encode(), token.reveal().encode()
+    ):
+        raise Unauthorized("operator endpoint: wrong bearer token")
+    return True
+
+
+async def readyz(request: Request) -> Response:
+    """``GET /readyz`` on the public listener: problem details only to the operator token
+    (they name IdPs and the store's state); everyone else gets ``{"ready": ...}``."""
+    ready, problems = await readiness(services(request))
+    body: dict[str, Any] = {"ready": ready}
+    if _operator_token_ok(request):
+        body["problems"] = problems
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
+    """``GET /metrics`` on the public listener: 404 unless the operator token is presented
+    (metrics are served on the ``[operator] port`` listener)."""
+    if not _operator_token_ok(request):
+        raise NotFound("metrics are not served on the public listener without the token")
+    return operator_metrics_response(request)
+
+
+def operator_metrics_response(request: Request) -> Response:
     registry = services(request).metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def operator_metrics(request: Request) -> Response:
+    """``GET /metrics`` on the operator listener."""
+    return operator_metrics_response(request)
+
+
+async def operator_readyz(request: Request) -> Response:
+    """``GET /readyz`` on the operator listener: always with the problem details."""
+    ready, problems = await readiness(services(request))
+    return JSONResponse({"ready": ready, "problems": problems}, status_code=200 if ready else 503)
 
 
 def _idp_label(svc: Services, name: str) -> str:
@@ -338,6 +461,8 @@ def routes() -> list[BaseRoute]:
         Route("/auth/{idp}/login", auth_login),
         Route("/auth/{idp}/callback", oidc_callback),
         Route("/auth/{idp}/acs", saml_acs, methods=["POST"]),
+        Route("/auth/{idp}/confirm", confirm.confirm_page, methods=["GET"]),
+        Route("/auth/{idp}/confirm", saml_confirm, methods=["POST"]),
         Route("/auth/{idp}/metadata", saml_metadata),
         Route("/logout", logout_page, methods=["GET"]),
         Route("/logout", logout, methods=["POST"]),
@@ -345,4 +470,13 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+    ]
+
+
+def operator_routes() -> list[BaseRoute]:
+    """The operator listener's (``[operator] port``): never exposed to the public."""
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", operator_readyz),
+        Route("/metrics", operator_metrics),
     ]

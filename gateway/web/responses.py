@@ -1,6 +1,6 @@
 """What every handler shares: the services lookup, the no-store headers, the one place a
 :mod:`gateway.errors` exception becomes a page (or JSON for ``/api``) with its support
-reference, and bounded form parsing."""
+reference, and bounded parsing of query parameters and forms (a repeated parameter is a 400)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,29 @@ async def internal_error(request: Request, exc: Exception) -> Response:
         message="Something went wrong on our side.",
         reference=reference,
     )
+
+
+def single_param(request: Request, name: str) -> str | None:
+    """The query parameter ``name``, or None when absent; BadRequest (400) when repeated.
+
+    Repeating a security-relevant parameter (``employee``, ``target``, ``idp``...) is never
+    legitimate; it is how a request smuggles a second value past a proxy, a WAF or a log
+    that reads the first one while Starlette's ``.get`` returns the last. Refuse it
+    before anything is done rather than guess which one was meant.
+    """
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise BadRequest(
+            f"query parameter {name[:32]!r} repeated {len(values)} times",
+            public=f"The parameter {name[:32]} may be given only once.",
+        )
+    return values[0] if values else None
+
+
+def reject_repeated(request: Request, *names: str) -> None:
+    """BadRequest (400) when any of ``names`` appears more than once in the query."""
+    for name in names:
+        single_param(request, name)
 
 
 async def small_form(request: Request, limit: int) -> dict[str, str]:

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.sandbox import oidc_idp, saml_idp
 from gateway.sandbox._common import CallLog, RateLimiter
-from gateway.sandbox.employees import DemoEmployee, find_employee
+from gateway.sandbox.employees import DEMO_SAML_EMAIL_DOMAIN, DemoEmployee, find_employee
 
 SKYPREP_KEY = "demo-skyprep-api-key"
 DAMSTRA_KEY = "demo-damstra-access-key"
@@ -147,6 +147,7 @@ def build(role: str, url: str, gateway: str, metadata_out: str | None) -> Peer:
             f"{gateway}/auth/demo-saml/acs",
             demo_mode=True,
             idp_initiated_relay_state="skyprep",
+            email_domain=DEMO_SAML_EMAIL_DOMAIN,
         )
         if metadata_out:
             with open(metadata_out, "wb") as out:

@@ -51,6 +51,7 @@ from gateway.sandbox.demo import (
     SKYPREP_KEY,
     demo_config,
 )
+from gateway.sandbox.employees import DEMO_SAML_EMAIL_DOMAIN
 from gateway.sandbox.litmos import LitmosSimulator
 from gateway.sandbox.oidc_idp import DemoClient, DemoOidcProvider
 from gateway.sandbox.saml_idp import DemoSamlIdp
@@ -125,6 +126,11 @@ class Replica:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
+
+
+# ``[operator] token`` of every replica (Authorization: Bearer for /metrics, /readyz details).
+OPERATOR_TOKEN = secrets.token_urlsafe(24)
+OPERATOR_AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 @dataclass
@@ -207,6 +213,7 @@ def replica_stack(
             f"{public}/auth/demo-saml/acs",
             demo_mode=True,
             idp_initiated_relay_state="skyprep",
+            email_domain=DEMO_SAML_EMAIL_DOMAIN,
         )
         metadata = Path(workdir.name) / "saml-idp.xml"
         metadata.write_bytes(saml.metadata)
@@ -235,6 +242,11 @@ def replica_stack(
             calls_per_minute=1000,
         )
         config["gateway"]["log_format"] = "json"
+        # /metrics and detailed /readyz are for operators only: the tests present the token.
+        config["operator"] = {"token": {"env": "GATEWAY_OPERATOR_TOKEN"}}
+        # Every test browser reaches the replicas from 127.0.0.1 (one "office" address), and
+        # the burst test has ~100 sign-ins in flight at once: lift the per-address limit.
+        config["gateway"]["max_pending_logins_per_client"] = 10_000
         app = copy.deepcopy(config["app"]["damstra"])
         app["display_name"] = "Damstra Learning (burst tenant)"
         app["damstra"].update(
@@ -254,6 +266,7 @@ def replica_stack(
             "DEMO_DAMSTRA_KEY": DAMSTRA_KEY,
             "DEMO_LITMOS_KEY": LITMOS_KEY,
             "BURST_DAMSTRA_KEY": BURST_KEY,
+            "GATEWAY_OPERATOR_TOKEN": OPERATOR_TOKEN,
         }
 
         # Peers first: each replica fetches the IdP discovery when it starts.

@@ -93,7 +93,7 @@ async def test_demo_in_a_real_browser_saml(
         chrome,
         f"{demo.gateway_url}/login/litmos",
         "SAML",
-        "bob.brown@example.com",
+        "bob.brown@example.org",  # the demo SAML IdP vouches for the subsidiary's domain
         tmp_path / "saml.png",
     )
     assert "Signed in" in text and "Bob Brown" in text

@@ -236,7 +236,9 @@ async def test_metrics_show_sign_ins_lms_calls_and_provisioning(
     await browser.get(f"{demo.gateway_url}/login/damstra", follow_redirects=True)  # returning
     async with httpx.AsyncClient() as other:
         await sign_in(other, f"{demo.gateway_url}/login/skyprep?idp=demo-oidc", DANA)  # denied
-    text = (await browser.get(f"{demo.gateway_url}/metrics")).text
+    # Metrics are served on the operator listener; the public one answers 404.
+    assert (await browser.get(f"{demo.gateway_url}/metrics")).status_code == 404
+    text = (await browser.get(f"{demo.operator_url}/metrics")).text
     assert 'gateway_sign_ins_total{app="damstra",idp="demo-oidc",outcome="success"} 2.0' in text
     assert (
         'gateway_sign_ins_total{app="skyprep",idp="demo-oidc",outcome="access_denied"} 1.0' in text

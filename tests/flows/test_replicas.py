@@ -20,6 +20,7 @@ from gateway.sandbox.employees import find_employee
 from tests.flows.agent import forms_of, sign_in
 from tests.flows.balancer import max_in_window
 from tests.flows.replicas import (
+    OPERATOR_AUTH,
     ReplicaStack,
     browser,
     pin,
@@ -70,7 +71,7 @@ def lms_host(stack: ReplicaStack, app: str) -> str:
 async def metric(stack: ReplicaStack, replica: str, series: str) -> float:
     """One series' value on one replica's /metrics (0 when absent)."""
     async with browser(replica) as client:
-        text = (await client.get(f"{stack.public_url}/metrics")).text
+        text = (await client.get(f"{stack.public_url}/metrics", headers=OPERATOR_AUTH)).text
     for line in text.splitlines():
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
@@ -119,6 +120,16 @@ async def test_saml_response_used_at_one_replica_is_refused_at_the_other(
     async with browser(first) as person, browser(second) as thief:
         fields = await saml_response_form(stack, person, start, ALICE)
         accepted = await person.post(acs, data=fields)
+        if initiated == "idp":
+            # IdP-initiated: held until the person confirms (no session, no LMS call yet).
+            assert accepted.status_code == 303, accepted.text[:400]
+            confirm = f"{stack.public_url}{accepted.headers['location']}"
+            assert confirm == f"{stack.public_url}/auth/demo-saml/confirm"
+            (form,) = forms_of(await person.get(confirm))
+            accepted = await person.post(
+                confirm, data={**form.fields, "action": "continue"},
+                headers={"Origin": stack.public_url, "Sec-Fetch-Site": "same-origin"},
+            )
         assert accepted.status_code == 303, accepted.text[:400]
         assert accepted.headers["x-served-by"] == first
         assert host_of(accepted.headers["location"]) == lms_host(stack, "skyprep")
@@ -368,7 +379,12 @@ async def test_redis_down_refuses_sign_ins_and_recovers_without_restarting_gatew
                     assert "temporarily unavailable" in refused.text
                     ready = await newcomer.get(f"{stack.public_url}/readyz")
                     assert ready.status_code == 503
-                    assert "store: unreachable" in ready.json()["problems"]
+                    # Problem details are for the operator token only (see /readyz).
+                    assert ready.json() == {"ready": False}
+                    detail = await newcomer.get(
+                        f"{stack.public_url}/readyz", headers=OPERATOR_AUTH
+                    )
+                    assert "store: unreachable" in detail.json()["problems"]
                 pin(signed_in_before, replica)
                 returning = await signed_in_before.get(
                     f"{stack.public_url}/login/skyprep", follow_redirects=True
@@ -383,22 +399,101 @@ async def test_redis_down_refuses_sign_ins_and_recovers_without_restarting_gatew
         finally:
             stack.redis.start()
 
-        deadline = time.monotonic() + 10
-        for replica in stack.replicas:
-            async with browser(replica) as probe:
-                while (await probe.get(f"{stack.public_url}/readyz")).status_code != 200:
-                    assert time.monotonic() < deadline, f"replica {replica} not ready again"
-                    await asyncio.sleep(0.1)
+        await ready_again(stack)
         for replica in stack.replicas:
             async with browser(replica) as newcomer:
                 page = await sign_in(newcomer, start, ALICE)
                 assert page.status_code == 200, page.text[:400]
                 assert host_of(str(page.url)) == lms_host(stack, "skyprep")
                 assert shows(page, ALICE)
+        # The restarted Redis (no persistence) forgot every session: fail closed, the
+        # employee who was signed in before goes through the IdP once more, then is in.
+        for replica in stack.replicas:
             pin(signed_in_before, replica)
-            again = await signed_in_before.get(
-                f"{stack.public_url}/login/skyprep", follow_redirects=True
-            )
-            assert again.status_code == 200 and shows(again, ALICE)
+            assert await at_idp(stack, signed_in_before)
+        pin(signed_in_before, "a")
+        again = await sign_in(signed_in_before, start, ALICE)
+        assert again.status_code == 200 and shows(again, ALICE)
+        pin(signed_in_before, "b")
+        assert not await at_idp(stack, signed_in_before)
     assert {n: r.process.pid for n, r in stack.replicas.items()} == pids
     assert all(r.process.poll() is None for r in stack.replicas.values())
+
+
+async def ready_again(stack: ReplicaStack, patience: float = 10.0) -> None:
+    """Wait until every replica's /readyz is 200 again (Redis back)."""
+    deadline = time.monotonic() + patience
+    for replica in stack.replicas:
+        async with browser(replica) as probe:
+            while (await probe.get(f"{stack.public_url}/readyz")).status_code != 200:
+                assert time.monotonic() < deadline, f"replica {replica} not ready again"
+                await asyncio.sleep(0.1)
+
+
+async def at_idp(stack: ReplicaStack, client: httpx.AsyncClient) -> bool:
+    """Whether clicking the app sends ``client`` to the IdP (no valid session) rather than
+    to the LMS (signed in). Costs no LMS call either way it is refused."""
+    page = await client.get(f"{stack.public_url}/login/skyprep?idp=demo-oidc")
+    assert page.status_code == 303, page.text[:400]
+    location = page.headers["location"]
+    if location.startswith(stack.oidc_url):
+        return True
+    assert host_of(location) == lms_host(stack, "skyprep"), location
+    return False
+
+
+# -- sessions fail closed across a Redis restart -------------------------------------------------
+
+
+async def test_logged_out_cookie_stays_dead_after_a_redis_restart_on_both_replicas(
+    stack: ReplicaStack,
+) -> None:
+    """Sign in, copy the cookie, log out, restart Redis (no persistence: its data is gone).
+
+    The copied cookie is refused on both replicas before and after the restart (the old
+    "revoked:<sid>" list was lost with Redis and revived it). The restart also signs out the
+    employee who did NOT log out: a session exists only while the store knows it, so everyone
+    signs in again once (one IdP round trip; no LMS account is touched).
+    """
+    start = f"{stack.public_url}/login/skyprep?idp=demo-oidc"
+    async with browser("a") as leaver, browser("b") as stayer, browser() as thief:
+        assert shows(await sign_in(leaver, start, ALICE), ALICE)
+        assert shows(await sign_in(stayer, start, BOB), BOB)
+        copied = leaver.cookies.get("gw_session")
+        assert copied
+        thief.cookies.set("gw_session", copied, domain="127.0.0.1")
+        # the copy works while the session lives (it is the same cookie) ...
+        pin(thief, "b")
+        assert not await at_idp(stack, thief)
+
+        pin(leaver, "b")
+        page = await leaver.get(f"{stack.public_url}/logout")
+        (form,) = forms_of(page)
+        done = await leaver.post(
+            form.action, data=form.fields, headers={"Origin": stack.public_url}
+        )
+        assert done.status_code == 303, done.text[:400]
+        # ... and is dead everywhere once the employee logged out.
+        for replica in stack.replicas:
+            pin(thief, replica)
+            assert await at_idp(stack, thief)
+            pin(stayer, replica)
+            assert not await at_idp(stack, stayer)
+
+        users = lms_users(stack, "skyprep", ALICE), lms_users(stack, "skyprep", BOB)
+        stack.redis.restart()
+        await ready_again(stack)
+        calls = stack.skyprep.calls.count()
+        for replica in stack.replicas:
+            pin(thief, replica)
+            assert await at_idp(stack, thief), f"logged-out cookie revived at {replica}"
+            pin(stayer, replica)
+            assert await at_idp(stack, stayer), f"session outlived the store at {replica}"
+        assert stack.skyprep.calls.count() == calls  # refused before any LMS call
+
+        # Signing in again is one IdP round trip; the LMS accounts are untouched.
+        pin(stayer, "a")
+        assert shows(await sign_in(stayer, start, BOB), BOB)
+        pin(stayer, "b")
+        assert not await at_idp(stack, stayer)
+    assert (lms_users(stack, "skyprep", ALICE), lms_users(stack, "skyprep", BOB)) == users

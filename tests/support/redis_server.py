@@ -24,7 +24,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -98,8 +98,13 @@ class RedisServer:
     throw-away CA whose bundle is :attr:`ca_file`.
     """
 
-    def __init__(self, password: str | None = None, *, tls: bool = False) -> None:
+    def __init__(
+        self, password: str | None = None, *, tls: bool = False, extra_args: Sequence[str] = ()
+    ) -> None:
+        """``extra_args`` are more redis-server options, e.g. ``("--maxmemory-policy",
+        "allkeys-lru")``."""
         self.password = password
+        self._extra_args = list(extra_args)
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="gw-redis-"))
         self.ca_file: Path | None = None
@@ -140,6 +145,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        args += self._extra_args
         self._proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

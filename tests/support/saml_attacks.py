@@ -63,6 +63,9 @@ SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
+XENC_NS = "http://www.w3.org/2001/04/xmlenc#"
+XENC11_NS = "http://www.w3.org/2009/xmlenc11#"
+XENC = f"{{{XENC_NS}}}"
 SAMLP = f"{{{SAMLP_NS}}}"
 SAML = f"{{{SAML_NS}}}"
 DS = f"{{{DS_NS}}}"
@@ -184,21 +187,48 @@ class HostileIdp:
         return element
 
     @staticmethod
-    def encrypt(assertion: etree._Element, sp_cert_pem: str) -> etree._Element:
-        """Wrap ``assertion`` in an EncryptedAssertion for the SP certificate."""
+    def encrypt(
+        assertion: etree._Element,
+        sp_cert_pem: str,
+        *,
+        content: str = "aes256-gcm",
+        key_transport: str = "rsa-oaep-mgf1p",
+    ) -> etree._Element:
+        """Wrap ``assertion`` in an EncryptedAssertion for the SP certificate.
+
+        ``content``: aes{128,192,256}-{gcm,cbc}; ``key_transport``: "rsa-oaep-mgf1p"
+        (xmlenc), "rsa-oaep" (xmlenc11) or "rsa-1_5". The EncryptedKey sits inside the
+        EncryptedData's KeyInfo, as SimpleSAMLphp, Shibboleth and ADFS place it."""
+        bits, mode = int(content[3:6]), content[7:]
+        cipher = {
+            ("gcm", 128): xmlsec.Transform.AES128_GCM,
+            ("gcm", 192): xmlsec.Transform.AES192_GCM,
+            ("gcm", 256): xmlsec.Transform.AES256_GCM,
+            ("cbc", 128): xmlsec.Transform.AES128,
+            ("cbc", 192): xmlsec.Transform.AES192,
+            ("cbc", 256): xmlsec.Transform.AES256,
+        }[(mode, bits)]
         wrapper = etree.Element(SAML + "EncryptedAssertion", nsmap={"saml": SAML_NS})
         wrapper.append(assertion)
         enc = xmlsec.template.encrypted_data_create(
-            wrapper, xmlsec.Transform.AES256, type=xmlsec.EncryptionType.ELEMENT, ns="xenc")
+            wrapper, cipher, type=xmlsec.EncryptionType.ELEMENT, ns="xenc"
+        )
         xmlsec.template.encrypted_data_ensure_cipher_value(enc)
         ki = xmlsec.template.encrypted_data_ensure_key_info(enc, ns="ds")
-        ek = xmlsec.template.add_encrypted_key(ki, xmlsec.Transform.RSA_OAEP)
+        pkcs1 = key_transport == "rsa-1_5"
+        rsa = xmlsec.Transform.RSA_PKCS1 if pkcs1 else xmlsec.Transform.RSA_OAEP
+        ek = xmlsec.template.add_encrypted_key(ki, rsa)
+        if key_transport == "rsa-oaep":
+            # The bindings name no constant for XML Encryption 1.1's rsa-oaep; libxmlsec 1.3
+            # implements it and picks the transform by this URI.
+            ek.find(XENC + "EncryptionMethod").set("Algorithm", XENC11_NS + "rsa-oaep")
         xmlsec.template.encrypted_data_ensure_cipher_value(ek)
         manager = xmlsec.KeysManager()
-        manager.add_key(xmlsec.Key.from_memory(sp_cert_pem.encode(),
-                                               xmlsec.KeyFormat.CERT_PEM, None))
+        manager.add_key(
+            xmlsec.Key.from_memory(sp_cert_pem.encode(), xmlsec.KeyFormat.CERT_PEM, None)
+        )
         ctx = xmlsec.EncryptionContext(manager)
-        ctx.key = xmlsec.Key.generate(xmlsec.KeyData.AES, 256, xmlsec.KeyDataType.SESSION)
+        ctx.key = xmlsec.Key.generate(xmlsec.KeyData.AES, bits, xmlsec.KeyDataType.SESSION)
         ctx.encrypt_xml(enc, assertion)
         return wrapper
 
