@@ -179,6 +179,11 @@ def _idp_problems(
         problems.append(f"{key}: sp_key_file and sp_cert_file go together")
     if idp.sign_requests and idp.sp_key_file is None:
         problems.append(f"{key}.sign_requests: needs sp_key_file and sp_cert_file")
+    if idp.require_encrypted_assertions and idp.sp_key_file is None:
+        problems.append(
+            f"{key}.require_encrypted_assertions: needs sp_key_file and sp_cert_file "
+            "(the key that decrypts them)"
+        )
     for file_key in ("metadata_file", "sp_key_file", "sp_cert_file"):
         path = getattr(idp, file_key)
         if path is not None and not os.path.isfile(path):

@@ -138,6 +138,19 @@ def test_saml_metadata_source_rules(tmp_path: Path) -> None:
     assert any("idp.adfs.metadata_file: no such file" in p for p in problems_of(data))
 
 
+def test_required_encryption_needs_the_decryption_key() -> None:
+    data = minimal()
+    data["idp"]["adfs"] = {
+        "type": "saml",
+        "sp_entity_id": "https://learn.example.com/sp",
+        "require_encrypted_assertions": True,
+    }
+    assert any(
+        p.startswith("idp.adfs.require_encrypted_assertions: needs sp_key_file")
+        for p in problems_of(data)
+    )
+
+
 def test_check_config_command_exits_non_zero_and_lists_problems(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[gateway]\npublic_url = "ftp://x"\nsigning_key = "literal"\nnope = 1\n')

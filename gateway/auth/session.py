@@ -120,12 +120,16 @@ class SessionManager:
         )
         return session
 
+    async def forget(self, session: Session) -> None:
+        """Make ``session`` invalid everywhere (its cookie, and any copy, stop working)."""
+        await self._store.delete(_session_key(session.sid))
+
     async def end(self, response: Response, session: Session | None) -> None:
         """End the session: forget it in the store (a copy of the cookie is dead too) and
         clear the cookie. The CSRF token is derived from the session id, so nothing else is
         stored per session."""
         if session is not None:
-            await self._store.delete(_session_key(session.sid))
+            await self.forget(session)
         response.delete_cookie(
             self.cookie_name, path="/", secure=self.secure, httponly=True, samesite="lax"
         )

@@ -111,9 +111,7 @@ async def start_login(request: Request, idp: str, login_request: LoginRequest) -
     try:
         await svc.pending_logins.admit(client)
     except TooManyPendingLogins as exc:
-        refused = gateway_error_response(request, exc)
-        refused.headers["Retry-After"] = str(max(1, int(exc.retry_after)))
-        return refused
+        return gateway_error_response(request, exc)
     try:
         redirect = await door.begin(login_request)
     except Exception:
@@ -132,6 +130,8 @@ async def oidc_callback(request: Request) -> Response:
     door = svc.front_door(request.path_params["idp"])
     if not isinstance(door, OidcFrontDoor):
         raise NotFound("not an OpenID Connect IdP")
+    # One value each: dict() would silently keep the last of a repeated code or state.
+    reject_repeated(request, "code", "state", "iss", "error", "error_description")
     try:
         identity, login_request = await door.complete(
             dict(request.query_params), svc.sessions.login_binding(request)
@@ -175,6 +175,8 @@ async def saml_acs(request: Request) -> Response:
     if unsolicited:
         # IdP-initiated: nobody at this browser asked for it, so it never starts or replaces
         # a session without the person's "Continue" (login CSRF; see gateway/web/confirm.py).
+        # Refuse an identity the IdP may not vouch for before showing it on a page.
+        vouch(identity, svc.settings.idp[identity.idp])
         return await confirm.hold(request, door, identity, login_request)
     return await finish_login(request, identity, login_request)
 
@@ -261,6 +263,11 @@ async def finish_login(
         response = RedirectResponse(
             login_request.return_to or "/", status_code=303, headers=NO_STORE
         )
+    # A new sign-in in this browser replaces its session: the previous one (perhaps another
+    # person's) ends in the store too, not only in this browser's cookie jar.
+    previous = await svc.sessions.load(request)
+    if previous is not None:
+        await svc.sessions.forget(previous)
     await svc.sessions.issue(response, identity)
     svc.sessions.clear_login_binding(response)
     return response

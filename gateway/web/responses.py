@@ -11,7 +11,13 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import BadRequest, BudgetExhausted, GatewayError, LmsRateLimited
+from gateway.errors import (
+    BadRequest,
+    BudgetExhausted,
+    GatewayError,
+    LmsRateLimited,
+    TooManyPendingLogins,
+)
 from gateway.observability import log_event
 
 if TYPE_CHECKING:
@@ -40,13 +46,14 @@ def gateway_error_response(
         level,
         "request failed",
         code=exc.code,
+        check=getattr(exc, "check", None),
         reason=exc.reason,
         status=exc.status,
         reference=reference,
         path=request.url.path,
     )
     headers = dict(NO_STORE)
-    if isinstance(exc, BudgetExhausted | LmsRateLimited):
+    if isinstance(exc, BudgetExhausted | LmsRateLimited | TooManyPendingLogins):
         retry = int(getattr(exc, "retry_after", None) or 30)
         headers["Retry-After"] = str(max(1, min(retry, 120)))
     if request.url.path.startswith("/api/"):
