@@ -35,7 +35,7 @@ from gateway.provisioning import Provisioner
 from gateway.settings import AppSettings, HttpSettings, OidcIdpSettings, Settings
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
-from gateway.web import embed_handlers, handlers, responses
+from gateway.web import embed_handlers, handlers, operator, responses
 from gateway.web.pages import STATIC_DIR, Pages
 
 log = logging.getLogger("gateway")
@@ -259,6 +259,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
 
     routes = [
         *handlers.routes(),
+        *operator.public_routes(),
         *embed_handlers.routes(),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
@@ -279,16 +280,16 @@ def create_operator_app(app: Starlette) -> Starlette:
     """The operator listener (``[operator] port``) for the gateway ``app``: /metrics and
     detailed /readyz over the same services. It has no lifespan: ``app``'s runs it all."""
     services: Services = app.state.services
-    operator = Starlette(
-        routes=handlers.operator_routes(),
+    listener = Starlette(
+        routes=operator.operator_routes(),
         middleware=[Middleware(RequestContext, secure=False)],
         exception_handlers={
             GatewayError: responses.gateway_error,
             Exception: responses.internal_error,
         },
     )
-    operator.state.services = services
-    return operator
+    listener.state.services = services
+    return listener
 
 
 __all__ = ["AppRuntime", "Services", "create_app", "create_operator_app"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from gateway.sandbox.demo import DemoStack, start_demo
@@ -24,3 +25,10 @@ async def demo() -> AsyncIterator[DemoStack]:
         yield stack
     finally:
         await stack.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[httpx.AsyncClient]:
+    """A fresh browser: its own cookie jar, no redirects followed unless asked."""
+    async with httpx.AsyncClient(timeout=20) as client:
+        yield client

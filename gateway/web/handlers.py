@@ -7,14 +7,12 @@ for ``/api``) by :func:`gateway_error`, with the request id as the support refer
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth.authority import vouch
@@ -26,9 +24,7 @@ from gateway.errors import (
     BudgetExhausted,
     GatewayError,
     NotFound,
-    StoreUnavailable,
     TooManyPendingLogins,
-    Unauthorized,
     UnsafeTarget,
 )
 from gateway.identity import Identity
@@ -386,76 +382,6 @@ async def index(request: Request) -> Response:
     return svc.pages.render("index.html", apps=apps)
 
 
-async def healthz(request: Request) -> Response:
-    return PlainTextResponse("ok")
-
-
-async def readiness(svc: Services) -> tuple[bool, list[str]]:
-    """Whether this process can serve sign-ins, and every problem found. Problems that do
-    not stop sign-ins (a Redis that may evict) are listed but leave it ready."""
-    blocking = [
-        f"idp {name}: not loaded" for name, door in svc.front_doors.items() if not door.ready
-    ]
-    warnings: list[str] = []
-    try:
-        await svc.store.ping()
-    except StoreUnavailable:
-        blocking.append("store: unreachable")
-    else:
-        warnings = await svc.store.health_problems()
-    return not blocking, [*blocking, *warnings]
-
-
-def _operator_token_ok(request: Request) -> bool:
-    """True when ``[operator] token`` is set and presented as ``Authorization: Bearer``.
-    Absent: False. Presented but wrong: Unauthorized (401)."""
-    token = services(request).settings.operator.token
-    presented = request.headers.get("authorization")
-    if token is None or presented is None:
-        return False
-    scheme, _, value = presented.partition(" ")
-    # Constant-time: the comparison must not tell how much of a guess was right.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.strip().encode(), token.reveal().encode()
-    ):
-        raise Unauthorized("operator endpoint: wrong bearer token")
-    return True
-
-
-async def readyz(request: Request) -> Response:
-    """``GET /readyz`` on the public listener: problem details only to the operator token
-    (they name IdPs and the store's state); everyone else gets ``{"ready": ...}``."""
-    ready, problems = await readiness(services(request))
-    body: dict[str, Any] = {"ready": ready}
-    if _operator_token_ok(request):
-        body["problems"] = problems
-    return JSONResponse(body, status_code=200 if ready else 503)
-
-
-async def metrics(request: Request) -> Response:
-    """``GET /metrics`` on the public listener: 404 unless the operator token is presented
-    (metrics are served on the ``[operator] port`` listener)."""
-    if not _operator_token_ok(request):
-        raise NotFound("metrics are not served on the public listener without the token")
-    return operator_metrics_response(request)
-
-
-def operator_metrics_response(request: Request) -> Response:
-    registry = services(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def operator_metrics(request: Request) -> Response:
-    """``GET /metrics`` on the operator listener."""
-    return operator_metrics_response(request)
-
-
-async def operator_readyz(request: Request) -> Response:
-    """``GET /readyz`` on the operator listener: always with the problem details."""
-    ready, problems = await readiness(services(request))
-    return JSONResponse({"ready": ready, "problems": problems}, status_code=200 if ready else 503)
-
-
 def _idp_label(svc: Services, name: str) -> str:
     settings: Any = svc.settings.idp[name]
     return str(settings.display_name or name)
@@ -474,16 +400,4 @@ def routes() -> list[BaseRoute]:
         Route("/logout", logout_page, methods=["GET"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/signed-out", signed_out),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics),
-    ]
-
-
-def operator_routes() -> list[BaseRoute]:
-    """The operator listener's (``[operator] port``): never exposed to the public."""
-    return [
-        Route("/healthz", healthz),
-        Route("/readyz", operator_readyz),
-        Route("/metrics", operator_metrics),
     ]

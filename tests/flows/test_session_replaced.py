@@ -3,8 +3,6 @@ parameters are repeated is refused before anything is looked up."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
@@ -13,12 +11,6 @@ from tests.flows.agent import sign_in
 
 ALICE = "emp-1001"
 BOB = "emp-1002"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=20) as client:
-        yield client
 
 
 async def test_signing_in_as_someone_else_ends_the_previous_session(

@@ -8,7 +8,6 @@ test clicks "Sign out" in real Chromium and checks what the person then sees.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -23,12 +22,6 @@ from tests.flows.agent import forms_of, sign_in
 from tests.flows.test_browser import chrome, click_through, in_thread  # noqa: F401 - fixture
 
 ALICE = "emp-1001"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=20) as client:
-        yield client
 
 
 async def _signed_in_logout_form(

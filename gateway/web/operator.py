@@ -1,0 +1,111 @@
+"""Operations endpoints: ``/healthz``, ``/readyz`` and ``/metrics``.
+
+On the public listener ``/readyz`` answers only ``{"ready": ...}`` and ``/metrics`` is a 404,
+unless the caller presents ``[operator] token`` as a bearer token: problem details name IdPs
+and the store's state, and metrics show traffic. The operator listener (``[operator] port``,
+built by ``app.create_operator_app``) serves both in full and is never published.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.errors import NotFound, StoreUnavailable, Unauthorized
+from gateway.web.responses import services
+
+if TYPE_CHECKING:
+    from gateway.app import Services
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readiness(svc: Services) -> tuple[bool, list[str]]:
+    """Whether this process can serve sign-ins, and every problem found. Problems that do
+    not stop sign-ins (a Redis that may evict) are listed but leave it ready."""
+    blocking = [
+        f"idp {name}: not loaded" for name, door in svc.front_doors.items() if not door.ready
+    ]
+    warnings: list[str] = []
+    try:
+        await svc.store.ping()
+    except StoreUnavailable:
+        blocking.append("store: unreachable")
+    else:
+        warnings = await svc.store.health_problems()
+    return not blocking, [*blocking, *warnings]
+
+
+def _operator_token_ok(request: Request) -> bool:
+    """True when ``[operator] token`` is set and presented as ``Authorization: Bearer``.
+    Absent: False. Presented but wrong: Unauthorized (401)."""
+    token = services(request).settings.operator.token
+    presented = request.headers.get("authorization")
+    if token is None or presented is None:
+        return False
+    scheme, _, value = presented.partition(" ")
+    # Constant-time: the comparison must not tell how much of a guess was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        value.strip().encode(), token.reveal().encode()
+    ):
+        raise Unauthorized("operator endpoint: wrong bearer token")
+    return True
+
+
+async def readyz(request: Request) -> Response:
+    """``GET /readyz`` on the public listener: problem details only to the operator token
+    (they name IdPs and the store's state); everyone else gets ``{"ready": ...}``."""
+    ready, problems = await readiness(services(request))
+    body: dict[str, Any] = {"ready": ready}
+    if _operator_token_ok(request):
+        body["problems"] = problems
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics`` on the public listener: 404 unless the operator token is presented
+    (metrics are served on the ``[operator] port`` listener)."""
+    if not _operator_token_ok(request):
+        raise NotFound("metrics are not served on the public listener without the token")
+    return operator_metrics_response(request)
+
+
+def operator_metrics_response(request: Request) -> Response:
+    registry = services(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def operator_metrics(request: Request) -> Response:
+    """``GET /metrics`` on the operator listener."""
+    return operator_metrics_response(request)
+
+
+async def operator_readyz(request: Request) -> Response:
+    """``GET /readyz`` on the operator listener: always with the problem details."""
+    ready, problems = await readiness(services(request))
+    return JSONResponse({"ready": ready, "problems": problems}, status_code=200 if ready else 503)
+
+
+def public_routes() -> list[BaseRoute]:
+    """The operations endpoints on the public listener."""
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+
+
+def operator_routes() -> list[BaseRoute]:
+    """The operator listener's (``[operator] port``): never exposed to the public."""
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", operator_readyz),
+        Route("/metrics", operator_metrics),
+    ]
