@@ -59,6 +59,8 @@ class FrontDoor(Protocol):
 
     name: str
     kind: str  # "oidc" | "saml"
+    # Why discovery / metadata last failed to load (operator reason, no secrets), or None.
+    last_error: str | None
 
     @property
     def ready(self) -> bool:

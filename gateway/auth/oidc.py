@@ -66,6 +66,8 @@ from gateway.store.base import Store
 log = logging.getLogger("gateway.auth.oidc")
 
 DISCOVERY_RETRY_SECONDS = 5.0
+# Longest pause between background discovery retries while an IdP is unreachable.
+DISCOVERY_RETRY_MAX = 60.0
 _STATE = re.compile(r"[A-Za-z0-9_-]{20,128}")
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 _PRINTABLE = re.compile(r"[\x21-\x7e]{1,4096}")
@@ -151,6 +153,7 @@ class OidcFrontDoor:
         self, name: str, settings: OidcIdpSettings, http: httpx.AsyncClient, store: Store,
         redirect_uri: str, metrics: Metrics | None = None, *, dev_mode: bool = False,
         clock: Callable[[], float] = time.time, login_timeout: int = 600,
+        retry_backoff: tuple[float, float] = (DISCOVERY_RETRY_SECONDS, DISCOVERY_RETRY_MAX),
     ) -> None:
         self.name = name
         self._settings = settings
@@ -175,6 +178,10 @@ class OidcFrontDoor:
         self._discovery: Discovery | None = None
         self._last_attempt: float | None = None
         self._start_lock = asyncio.Lock()
+        # Why discovery last failed (an operator reason, never a secret), for /readyz.
+        self.last_error: str | None = None
+        self._retry_backoff = retry_backoff
+        self._retry: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -198,16 +205,36 @@ class OidcFrontDoor:
             ):
                 return
             self._last_attempt = now
-            try:
-                discovery = await self._load_discovery()
-            except GatewayError as exc:
-                log_event(log, logging.WARNING, "oidc_discovery_failed", idp=self.name,
-                          reason=exc.reason)
-                return
-            self._jwks.uri = discovery.jwks_uri
-            self._discovery = discovery
-            log_event(log, logging.INFO, "oidc_discovery_loaded", idp=self.name)
-            await self._jwks.load()
+            await self._attempt()
+        if not self.ready and self._retry is None:
+            # Behind an orchestrator an unready replica gets no traffic, so waiting for a
+            # sign-in to retry would keep it unready for ever: retry in the background.
+            self._retry = asyncio.create_task(self._retry_until_loaded())
+
+    async def _attempt(self) -> None:
+        try:
+            discovery = await self._load_discovery()
+        except GatewayError as exc:
+            self.last_error = exc.reason
+            log_event(log, logging.WARNING, "oidc_discovery_failed", idp=self.name,
+                      reason=exc.reason)
+            return
+        self._jwks.uri = discovery.jwks_uri
+        self._discovery = discovery
+        self.last_error = None
+        log_event(log, logging.INFO, "oidc_discovery_loaded", idp=self.name)
+        await self._jwks.load()
+
+    async def _retry_until_loaded(self) -> None:
+        """Retry discovery with doubling pauses (capped) until it loads."""
+        delay, longest = self._retry_backoff
+        while not self.ready:
+            await asyncio.sleep(delay)
+            async with self._start_lock:
+                if not self.ready:
+                    self._last_attempt = self._clock()
+                    await self._attempt()
+            delay = min(delay * 2, longest)
 
     async def _load_discovery(self) -> Discovery:
         issuer = self._settings.issuer
@@ -423,4 +450,9 @@ class OidcFrontDoor:
         }))
 
     async def aclose(self) -> None:
-        """Nothing runs in the background; the HTTP client belongs to the caller."""
+        """Stop the background discovery retry; the HTTP client belongs to the caller."""
+        if self._retry is not None:
+            self._retry.cancel()
+            # It only ends by cancellation or success; neither has anything to report.
+            await asyncio.gather(self._retry, return_exceptions=True)
+            self._retry = None

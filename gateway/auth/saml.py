@@ -100,6 +100,8 @@ class SamlFrontDoor:
         if settings.sign_requests and not self._sp_key:
             raise ConfigError([f"idp.{name}: sign_requests needs sp_key_file"])
         self._metadata: IdpMetadata | None = None
+        # Why loading metadata last failed (an operator reason), for /readyz.
+        self.last_error: str | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._sp_metadata = build_sp_metadata(settings, acs_url, self._sp_cert)
         # IdP-initiated sign-ins wait here for the employee's "Continue" (see auth/confirm.py).
@@ -124,8 +126,9 @@ class SamlFrontDoor:
             else:
                 self._metadata = inline_metadata(s)
         except Exception as exc:  # start() must not take the gateway down; readyz reports it
+            self.last_error = getattr(exc, "reason", None) or type(exc).__name__ + ": " + str(exc)
             log_event(log, logging.ERROR, "saml metadata not loaded", idp=self.name,
-                      reason=getattr(exc, "reason", None) or type(exc).__name__ + ": " + str(exc))
+                      reason=self.last_error)
             if s.metadata_url and self._refresh is None:
                 self._refresh = asyncio.create_task(self._refresh_loop())
 
@@ -147,8 +150,10 @@ class SamlFrontDoor:
             await asyncio.sleep(delay)
             try:
                 await self._fetch()
+                self.last_error = None
                 delay = float(self.settings.metadata_refresh_seconds)
             except Exception as exc:  # keep the last good copy; try again sooner
+                self.last_error = type(exc).__name__
                 log_event(log, logging.WARNING, "saml metadata refresh failed; keeping last copy",
                           idp=self.name, reason=type(exc).__name__)
                 delay = min(_RETRY_SECONDS, float(self.settings.metadata_refresh_seconds))

@@ -31,7 +31,9 @@ async def readiness(svc: Services) -> tuple[bool, list[str]]:
     """Whether this process can serve sign-ins, and every problem found. Problems that do
     not stop sign-ins (a Redis that may evict) are listed but leave it ready."""
     blocking = [
-        f"idp {name}: not loaded" for name, door in svc.front_doors.items() if not door.ready
+        f"idp {name}: not loaded" + (f" ({door.last_error[:200]})" if door.last_error else "")
+        for name, door in svc.front_doors.items()
+        if not door.ready
     ]
     warnings: list[str] = []
     try:
