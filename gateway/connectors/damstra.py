@@ -1,7 +1,7 @@
 """Damstra Learning (formerly Velpic) API v2 connector: just-in-time accounts, magic-link
 sign-in and embedded lesson players.
 
-Contract: ``shared/reference/damstra-learning-api-reference.txt``. Assumptions where it is
+Contract: the vendor's "Damstra Learning Public API" reference (API v2). Assumptions where it is
 silent (the simulator in ``gateway/sandbox/damstra.py`` makes the same ones):
 
 * HTTP statuses of errors are not documented, only bodies with ``internalCode``; answers are

@@ -1,5 +1,5 @@
-"""Litmos connector (contract: ``shared/reference/litmos-api-overview.txt`` and the SSO
-facts in ``shared/reference/README.md``).
+"""Litmos connector (contract: the Litmos "Developer API" overview and Litmos' public SSO
+documentation on the user's ``LoginKey``).
 
 * JSON everywhere: ``format=json`` and ``source`` in the query string, the API key in the
   ``apikey`` header (never in a URL). Strings in Litmos JSON may be HTML-escaped

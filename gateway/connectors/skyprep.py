@@ -1,8 +1,10 @@
-"""SkyPrep connector (contract: ``shared/reference/skyprep-api-*.txt``).
+"""SkyPrep connector (contract: SkyPrep's "Introduction to SkyPrep APIs" and its Admin API
+reference).
 
-One call does everything for a sign-in: ``get_login_key`` with ``autocreate`` finds or
-creates the account (names and ``;``-joined groups), and answers the sign-in ``url``. So a
-returning employee costs exactly one call, and so does a new one.
+``get_login_key`` with ``autocreate`` finds or creates the account (names and ``;``-joined
+groups) and answers the sign-in ``url``. So a returning employee costs exactly one call; a new
+one costs two, because ``get_user`` first checks the existing account's role (see
+*Privileged accounts* below), and one when the app sets ``adopt_privileged_accounts``.
 
 * Every call is an HTTPS POST with ``api_key``/``acct_key`` in the form body, never in the
   query string (the docs warn that query strings end up in logs).

@@ -1,6 +1,6 @@
 """A Damstra Learning (Velpic) API v2 simulator for the demo and the tests.
 
-Follows ``shared/reference/damstra-learning-api-reference.txt``. Where the document is
+Follows the vendor's "Damstra Learning Public API" reference (API v2). Where the document is
 silent the simulator makes one plain choice and says so here:
 
 * HTTP statuses are not documented, only bodies and ``internalCode``s. The simulator answers

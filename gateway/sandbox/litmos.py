@@ -1,5 +1,5 @@
-"""A Litmos API simulator (demo and tests only), following
-``shared/reference/litmos-api-overview.txt`` and the SSO facts in ``reference/README.md``.
+"""A Litmos API simulator (demo and tests only), following the Litmos "Developer API" overview
+and Litmos' public SSO documentation on the user's ``LoginKey``.
 
 * ``/v1.svc/...``: ``apikey`` header (or query parameter) and a ``source`` query parameter
   are required (403 otherwise, as the docs' table says); JSON with ``format=json`` or a

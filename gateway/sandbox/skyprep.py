@@ -1,5 +1,5 @@
-"""A SkyPrep Admin API simulator (demo and tests only), following
-``shared/reference/skyprep-api-*.txt``.
+"""A SkyPrep Admin API simulator (demo and tests only), following SkyPrep's "Introduction to
+SkyPrep APIs" and its Admin API reference.
 
 * ``/admin/api/<action>`` by GET or POST: ``test_connection``, ``get_login_key``,
   ``create_user``, ``update_user``, ``get_user``, ``get_users``, ``destroy_user``.
