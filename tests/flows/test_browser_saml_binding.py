@@ -76,3 +76,29 @@ async def test_idp_initiated_saml_asks_then_lands_in_chromium(
     assert "Continue to SkyPrep (demo) as bob.brown@" in question
     assert "Signed in to SkyPrep as Bob Brown" in text
     assert chrome.current_url.startswith(demo.skyprep.login_base_url)
+
+
+def idp_initiated_cancelled(driver: webdriver.Chrome, start: str, gateway: str) -> tuple[str, str]:
+    wait = WebDriverWait(driver, 30)
+    driver.get(start)
+    _pick(driver, wait, BOB)
+    wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Continue to"))
+    driver.find_element(By.CSS_SELECTOR, "button[value='cancel']").click()
+    wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Sign-in cancelled"))
+    cancelled = driver.find_element(By.TAG_NAME, "body").text
+    # What the person notices next: the app link asks them to sign in (no session was made).
+    driver.get(f"{gateway}/login/skyprep?idp=demo-saml")
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"button[value='{BOB}']")))
+    return cancelled, driver.current_url
+
+
+async def test_idp_initiated_saml_cancel_in_chromium_signs_nobody_in(
+    demo: DemoStack, chrome: webdriver.Chrome
+) -> None:
+    before = demo.skyprep.calls.count()
+    cancelled, url = await in_thread(
+        idp_initiated_cancelled, chrome, f"{demo.saml_url}/idp-initiated", demo.gateway_url
+    )
+    assert "Nothing changed" in cancelled
+    assert url.startswith(demo.saml_url)  # back at the IdP's sign-in, not in the LMS
+    assert demo.skyprep.calls.count() == before
