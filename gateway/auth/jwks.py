@@ -29,6 +29,7 @@ says what went wrong rather than a catch-all "signature does not verify".
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -245,14 +246,20 @@ def _header(token: str, algorithms: frozenset[str]) -> tuple[dict[str, Any], str
     return header, alg
 
 
+@functools.cache
+def _registry(alg: str) -> JWSRegistry:
+    """The JWS registry for one algorithm, built once (not on every sign-in). Registered
+    header parameters must have their registered types (kid a string, x5c a list, ...);
+    unknown ones are ignored (RFC 7515 4), hence strict_check_header=False."""
+    return JWSRegistry(algorithms=[alg], strict_check_header=False)
+
+
 async def verify_id_token(
     token: str, cache: JwksCache, algorithms: frozenset[str]
 ) -> dict[str, Any]:
     """Check the ID token's shape, algorithm and signature; return its claims (unchecked)."""
     header, alg = _header(token, algorithms)
-    # Registered parameters must have their registered types (kid a string, x5c a list, ...);
-    # unknown ones are ignored (RFC 7515 4), hence strict_check_header=False.
-    registry = JWSRegistry(algorithms=[alg], strict_check_header=False)
+    registry = _registry(alg)
     try:
         registry.check_header(header)
     except JoseError as exc:
