@@ -34,6 +34,7 @@ from gateway.sandbox.demo import DemoStack, start_demo
 from gateway.store.memory import MemoryStore
 from tests.flows.agent import forms_of, sign_in
 from tests.support.redis_server import RedisServer, free_port
+from tests.test_config import minimal
 
 ALICE = "emp-1001"
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,24 +294,9 @@ def test_memory_store_never_evicts_and_purges_expired_entries_first() -> None:
 
 
 def settings_data(**operator: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "gateway": {
-            "public_url": "https://learn.example.com",
-            "signing_key": {"env": "GATEWAY_SIGNING_KEY"},
-        },
-        # Unreachable on purpose: readiness then has a problem to (not) show.
-        "idp": {"okta": {"type": "oidc", "issuer": "https://127.0.0.1:9", "client_id": "c"}},
-        "app": {
-            "training": {
-                "connector": "skyprep",
-                "idps": ["okta"],
-                "skyprep": {
-                    "api_key": {"env": "SKYPREP_API_KEY"},
-                    "acct_key": "acme.skyprepapp.com",
-                },
-            }
-        },
-    }
+    data: dict[str, Any] = minimal()
+    # Unreachable on purpose: readiness then has a problem to (not) show.
+    data["idp"]["okta"]["issuer"] = "https://127.0.0.1:9"
     if operator:
         data["operator"] = operator
     return data
