@@ -9,12 +9,10 @@ import logging
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import certifi
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
@@ -27,12 +25,12 @@ from gateway.auth.session import SessionManager
 from gateway.budget import Budget
 from gateway.connectors import CONNECTORS
 from gateway.connectors._http import LmsHttp, build_client
-from gateway.connectors.base import Connector
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError
 from gateway.limits import PendingLogins
 from gateway.observability import Metrics, request_id_var
 from gateway.provisioning import Provisioner
-from gateway.settings import AppSettings, HttpSettings, OidcIdpSettings, Settings
+from gateway.services import AppRuntime, Services
+from gateway.settings import HttpSettings, OidcIdpSettings, Settings
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
 from gateway.web import embed_handlers, handlers, operator, responses
@@ -45,44 +43,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass
-class AppRuntime:
-    """One configured app with the parts built for it."""
-
-    name: str
-    settings: AppSettings
-    connector: Connector
-    provisioner: Provisioner
-
-
-@dataclass
-class Services:
-    """Everything handlers need, built once per process by :func:`create_app`."""
-
-    settings: Settings
-    store: Store
-    metrics: Metrics
-    sessions: SessionManager
-    pages: Pages
-    front_doors: dict[str, FrontDoor]
-    apps: dict[str, AppRuntime]
-    own_host: str
-    pending_logins: PendingLogins
-    clients: list[httpx.AsyncClient] = field(default_factory=list)
-
-    def app(self, name: str) -> AppRuntime:
-        runtime = self.apps.get(name)
-        if runtime is None:
-            raise NotFound(f"unknown app {name[:64]!r}")
-        return runtime
-
-    def front_door(self, name: str) -> FrontDoor:
-        door = self.front_doors.get(name)
-        if door is None:
-            raise NotFound(f"unknown IdP {name[:64]!r}")
-        return door
 
 
 def build_store(settings: Settings) -> Store:

@@ -32,7 +32,7 @@ from gateway.policy import profile_for
 from gateway.web.responses import NO_STORE, gateway_error_response, services, single_param
 
 if TYPE_CHECKING:
-    from gateway.app import AppRuntime
+    from gateway.services import AppRuntime
     from gateway.store.base import Store
 
 

@@ -42,7 +42,7 @@ from gateway.web.responses import (
 )
 
 if TYPE_CHECKING:
-    from gateway.app import AppRuntime, Services
+    from gateway.services import AppRuntime, Services
 
 log = logging.getLogger("gateway.web")
 

@@ -20,7 +20,7 @@ from gateway.errors import NotFound, StoreUnavailable, Unauthorized
 from gateway.web.responses import services
 
 if TYPE_CHECKING:
-    from gateway.app import Services
+    from gateway.services import Services
 
 
 async def healthz(request: Request) -> Response:

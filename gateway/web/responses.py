@@ -21,7 +21,7 @@ from gateway.errors import (
 from gateway.observability import log_event
 
 if TYPE_CHECKING:
-    from gateway.app import Services
+    from gateway.services import Services
 
 log = logging.getLogger("gateway.web")
 
