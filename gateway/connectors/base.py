@@ -100,3 +100,47 @@ class EmbedCapable(Protocol):
 
         A schedule of another employee raises NotFound, exactly like a missing one.
         """
+
+
+@dataclass(frozen=True, slots=True)
+class LmsUser:
+    """An LMS account as SCIM provisioning sees it (never a secret). ``user_id`` is the LMS's
+    own id; ``groups`` are LMS group (Damstra) or team (Litmos) names where the LMS has them."""
+
+    user_id: str
+    username: str
+    email: str
+    first_name: str
+    last_name: str
+    active: bool
+    employee_number: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class LifecycleCapable(Protocol):
+    """Connectors that can manage accounts outside a sign-in (SCIM: joiners, movers, leavers).
+
+    The LMS is the system of record: these read and write the LMS directly; nothing is kept
+    in the gateway. Deactivation never deletes an account (training records stay). Accounts
+    with a role above a learner's are refused with PrivilegedAccount unless the app adopts them.
+    Errors: NotFound for an unknown ``user_id``, the ConnectorError family otherwise.
+    """
+
+    async def get_user(self, user_id: str) -> LmsUser:
+        """The account with this LMS id."""
+
+    async def find_user(self, profile: Profile) -> LmsUser | None:
+        """The account the app's ``match_by`` rule selects for ``profile``, or None."""
+
+    async def list_users(self, start: int, count: int) -> tuple[list[LmsUser], int | None]:
+        """One page of accounts (0-based ``start``) and the total when the LMS tells it."""
+
+    async def create_user(self, profile: Profile, *, active: bool = True) -> LmsUser:
+        """Create the account (Conflict when the LMS already has one for this profile)."""
+
+    async def update_user(self, user_id: str, profile: Profile) -> LmsUser:
+        """Bring the account's names, e-mail, employee number and groups to ``profile``."""
+
+    async def set_active(self, user_id: str, active: bool) -> LmsUser:
+        """Reactivate or deactivate the account (never delete it)."""
