@@ -13,10 +13,10 @@ Set by ``provisioning.py`` (sign-ins) and the SCIM service (background); read by
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 
@@ -34,10 +34,31 @@ class CallContext:
 
     call_class: CallClass = CallClass.SIGN_IN
     # time.monotonic() by which every LMS call, retry and budget wait must be over; None: none.
+    # (Budget's clock, which is time.monotonic() except in virtual-time tests.)
     deadline: float | None = None
     # The employee these calls serve (a hash, never an e-mail), for per-employee shares.
     employee: str | None = None
     calls_spent: int = 0
+    # Tokens this sign-in reserved up front (Budget.reserve): when each matures, on the
+    # budget's clock. Spent first, without another store round trip; unused ones go back.
+    prepaid: list[float] = field(default_factory=list)
+    # When they were reserved (a pause after that voids them: it emptied the bucket).
+    prepaid_at: float = 0.0
+    # Of those, how many were charged to the employee's share (given back with them).
+    prepaid_share: int = 0
+    # Called with (operation, action) when an LMS call changed the LMS (an account created,
+    # reactivated, updated), right when the LMS confirmed it: the audit trail.
+    on_effect: Callable[[str, str], None] | None = None
+    # Awaited before a call that is not safe to repeat (a create): raises unless this sign-in
+    # still holds its single-flight lock (and renews it), so a create is never sent twice.
+    fence: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def continuing(self) -> bool:
+        """Whether the next call is a later call of a sign-in that already spent calls."""
+        return self.call_class is CallClass.CONTINUING or (
+            self.call_class is CallClass.SIGN_IN and self.calls_spent > 0
+        )
 
     def remaining(self, now: float | None = None) -> float | None:
         """Seconds left before the deadline (never negative), or None without a deadline."""

@@ -1,42 +1,94 @@
-"""Command line: ``gateway serve|demo|check-config|check-connectors``."""
+"""Command line: ``gateway serve|demo|check-config|check-connectors|scim-token``.
+
+Every sub-command is one ``_cmd_<name>(args) -> int`` function plus one block in
+:func:`build_parser` that declares its options (each with a help text; the defaults are
+shown by ``--help``). Commands that read a configuration file take ``--config PATH``; the
+positional ``PATH`` is accepted too. Exit status: 0 success, 1 failure (e.g. a bad
+configuration), 2 wrong usage or a port that is already taken.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any
 
 from gateway.errors import ConfigError, GatewayError
 
 
-def _load(path: str) -> object:
-    from gateway.config import load_settings
+def check_config(path: str, *, no_secrets: bool = False) -> int:
+    """Print every problem of the file at ``path``; exit status 0 only when there are none.
 
-    return load_settings(path)
+    ``no_secrets`` lints a file where the secrets are not available: each secret whose
+    environment variable or file is missing is listed as "not checked" instead of failing.
+    """
+    from gateway.config_report import check_file
 
-
-def check_config(path: str) -> int:
-    """Print every problem of the file at ``path``; exit status 0 only when there are none."""
-    try:
-        _load(path)
-    except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
+    report = check_file(path, os.environ, lint_secrets=no_secrets)
+    for line in report.unchecked:
+        print(f"  not checked: {line}")
+    if report.problems:
+        count = len(report.problems)
+        print(f"{path}: {count} problem{'s' if count > 1 else ''}:", file=sys.stderr)
+        for problem in report.problems:
             print(f"  - {problem}", file=sys.stderr)
+        if not no_secrets and report.secret_problems:
+            print(
+                "  (secrets come from the environment or files; `gateway check-config "
+                "--no-secrets` checks everything else without them)",
+                file=sys.stderr,
+            )
         return 1
-    print(f"{path}: OK")
+    note = f" ({len(report.unchecked)} secret(s) not checked)" if report.unchecked else ""
+    print(f"{path}: OK{note}")
     return 0
 
 
-def serve(path: str, host: str, port: int, workers: int) -> int:
-    import uvicorn
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port`` (so uvicorn would fail to bind).
 
-    from gateway.app import create_app
+    SO_REUSEADDR like uvicorn: a port in TIME_WAIT is free for it, a listening one is not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False  # uvicorn will report the bad host itself
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _port_busy_message(port: int, option: str = "--port") -> str:
+    return f"port {port} is in use; pass {option}"
+
+
+def serve(
+    path: str, host: str, port: int, workers: int,
+    tls_cert: str | None = None, tls_key: str | None = None,
+) -> int:
+    """``gateway serve``: check the configuration and the ports, then run uvicorn (HTTPS
+    with ``tls_cert`` + ``tls_key``; the operator listener stays plain HTTP)."""
     from gateway.config import load_settings
-    from gateway.observability import configure_logging
+    from gateway.tls import cert_key_problem
+
+    if (tls_cert is None) != (tls_key is None):
+        print("serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 1
+    if tls_cert and tls_key:
+        problem = cert_key_problem("--tls-cert", tls_cert, "--tls-key", tls_key)
+        if problem:
+            print(f"serve: {problem}", file=sys.stderr)
+            return 1
 
     try:
         settings = load_settings(path)
@@ -51,6 +103,19 @@ def serve(path: str, host: str, port: int, workers: int) -> int:
             file=sys.stderr,
         )
         return 1
+    # One clear line instead of uvicorn's bind error (or a traceback from the operator task).
+    listeners = [(host, port, "--port")]
+    if settings.operator.port is not None:
+        listeners.append((settings.operator.host, settings.operator.port, "[operator] port"))
+    for bind_host, bind_port, option in listeners:
+        if port_in_use(bind_host, bind_port):
+            print(_port_busy_message(bind_port, option), file=sys.stderr)
+            return 2
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.observability import configure_logging
+
     configure_logging(settings.gateway.log_level, settings.gateway.log_format)
     # No uvicorn access log: it prints whole request lines, and the OIDC callback's query
     # carries the authorization code and state. Our own log lines carry the request id.
@@ -58,6 +123,9 @@ def serve(path: str, host: str, port: int, workers: int) -> int:
         "host": host, "port": port, "log_config": None, "access_log": False,
         "proxy_headers": True, "server_header": False,
     }
+    if tls_cert and tls_key:
+        # uvicorn's server context: Python's defaults, TLS 1.2 or later.
+        options.update(ssl_certfile=tls_cert, ssl_keyfile=tls_key)
     operator_port = settings.operator.port
     if workers > 1:
         if operator_port is not None:
@@ -165,32 +233,147 @@ def check_connectors(path: str) -> int:
         return 1
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    return serve(args.config, args.host, args.port, args.workers, args.tls_cert, args.tls_key)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    return check_config(args.config, no_secrets=args.no_secrets)
+
+
+def _cmd_check_connectors(args: argparse.Namespace) -> int:
+    return check_connectors(args.config)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.sandbox.demo import PortInUse, run_demo
+
+    try:
+        return run_demo(args.port, write_config=args.write_config)
+    except PortInUse as exc:
+        print(f"{_port_busy_message(exc.port)} (the demo uses {exc.first}-{exc.last})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+
+def _cmd_scim_token(args: argparse.Namespace) -> int:
+    """Print a new SCIM bearer credential (for the IdP) and the line for the config file."""
+    from gateway.scim.credentials import new_token
+
+    token, hashed = new_token()
+    print(f"credential (give it to the IdP's SCIM client; it is not stored): {token}")
+    print(f'config ([idp.<name>.scim]): token_hashes = ["{hashed}"]')
+    return 0
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("gateway")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    """``--config PATH``, and the positional ``PATH`` that some commands always took."""
+    parser.add_argument("--config", metavar="PATH", help="the gateway's TOML configuration file")
+    parser.add_argument("path", nargs="?", metavar="PATH", help="same as --config PATH")
+
+
+def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    positional = getattr(args, "path", None)
+    if positional is not None and args.config is not None and positional != args.config:
+        parser.error("give the configuration file once (--config PATH or PATH)")
+    args.config = args.config or positional
+    if args.config is None:
+        parser.error("the configuration file is required (--config PATH)")
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gateway`` argument parser: one block per sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="SSO gateway: employees sign in with OpenID Connect or SAML and land in "
+        "their LMS.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, run: Command, config: bool) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=summary, description=summary, formatter_class=_Formatter
+        )
+        sub.set_defaults(run=run, needs_config=config)
+        if config:
+            _add_config(sub)
+        return sub
+
+    p = command("serve", "run the gateway", _cmd_serve, config=True)
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="worker processes (more than 1 needs [store] backend = \"redis\")",
+    )  # fmt: skip
+    p.add_argument(
+        "--tls-cert", metavar="PATH",
+        help="serve HTTPS with this PEM certificate chain (with --tls-key; without a proxy)",
+    )  # fmt: skip
+    p.add_argument("--tls-key", metavar="PATH", help="the PEM private key of --tls-cert")
+
+    p = command(
+        "check-config", "validate a configuration file and print every problem",
+        _cmd_check_config, config=True,
+    )  # fmt: skip
+    p.add_argument(
+        "--no-secrets", action="store_true",
+        help="lint without the secrets: a secret whose environment variable or file is "
+        "missing is listed as 'not checked' instead of being a problem",
+    )  # fmt: skip
+
+    command(
+        "check-connectors", "test every app's LMS credentials", _cmd_check_connectors,
+        config=True,
+    )  # fmt: skip
+
+    p = command(
+        "demo", "run the gateway with demo IdPs and LMS simulators on 127.0.0.1", _cmd_demo,
+        config=False,
+    )  # fmt: skip
+    p.add_argument(
+        "--port", type=int, default=8000,
+        help="gateway port; the demo's other servers take the next 7 ports (0: any free ports)",
+    )  # fmt: skip
+    p.add_argument(
+        "--write-config", metavar="PATH",
+        help="where to write the demo's configuration (TOML; secrets as env references, their "
+        "values in PATH with .env instead of .toml); default: a file in the demo's temporary "
+        "directory, printed at start",
+    )  # fmt: skip
+    command(
+        "scim-token", "make a SCIM bearer credential and its token_hashes line",
+        _cmd_scim_token, config=False,
+    )  # fmt: skip
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    p_serve = commands.add_parser("serve", help="run the gateway")
-    p_serve.add_argument("--config", required=True)
-    p_serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server's job
-    p_serve.add_argument("--port", type=int, default=8000)
-    p_serve.add_argument("--workers", type=int, default=1)
-
-    p_check = commands.add_parser("check-config", help="validate a configuration file")
-    p_check.add_argument("path")
-
-    p_conn = commands.add_parser("check-connectors", help="test every app's LMS credentials")
-    p_conn.add_argument("--config", required=True)
-
-    p_demo = commands.add_parser("demo", help="gateway + demo IdPs + LMS simulators on 127.0.0.1")
-    p_demo.add_argument("--port", type=int, default=8000, help="gateway port (others follow)")
-
+    """Entry point of the ``gateway`` command; returns the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return serve(args.config, args.host, args.port, args.workers)
-    if args.command == "check-config":
-        return check_config(args.path)
-    if args.command == "check-connectors":
-        return check_connectors(args.config)
-    from gateway.sandbox.demo import run_demo
-
-    return run_demo(args.port)
+    if args.needs_config:
+        _resolve_config(parser, args)
+    run: Command = args.run
+    return run(args)

@@ -8,8 +8,9 @@ in one :class:`gateway.errors.ConfigError`.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,11 +19,16 @@ from pydantic import TypeAdapter, ValidationError
 from gateway.errors import ConfigError, UnsafeTarget
 from gateway.settings import (
     AppSettings,
+    BrandingSettings,
     OidcIdpSettings,
     SamlIdpSettings,
     Settings,
+    StoreSettings,
+    UncheckedSecret,
 )
 from gateway.targets import check_target
+from gateway.tls import cert_key_problem
+from gateway.tls import settings_problems as tls_settings_problems
 
 _ADAPTER: TypeAdapter[Settings] | None = None
 
@@ -49,16 +55,29 @@ def load_settings(path: str, environ: Mapping[str, str] | None = None) -> Settin
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+        raise ConfigError([toml_problem(path, exc)]) from None
     return parse_settings(data, environ if environ is not None else os.environ)
+
+
+def toml_problem(path: str, exc: tomllib.TOMLDecodeError) -> str:
+    """``path:LINE:COLUMN: not valid TOML: reason`` (editors jump to that place)."""
+    # tomllib (3.11) puts the place only in the message: "Invalid value (at line 3, column 9)".
+    found = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", str(exc))
+    if found is None:
+        return f"{path}: not valid TOML: {exc}"
+    reason, line, column = found.groups()
+    return f"{path}:{line}:{column}: not valid TOML: {reason} (line {line}, column {column})"
 
 
 def parse_settings(data: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     """Validate already-parsed TOML data (see :func:`load_settings`)."""
     try:
         settings = _adapter().validate_python(data, context={"environ": dict(environ)})
-    except ValidationError as exc:
-        raise ConfigError(sorted({_describe(err) for err in exc.errors()})) from None
+    except ValidationError:
+        # Shape errors: the full report also cross-checks the sections that are valid.
+        from gateway.config_report import check_data
+
+        raise ConfigError(check_data(data, environ).problems) from None
     problems = check_rules(settings)
     if problems:
         raise ConfigError(problems)
@@ -95,8 +114,16 @@ def _https_problem(key: str, url: str | None, dev_mode: bool) -> str | None:
     return None
 
 
-def check_rules(settings: Settings) -> list[str]:
-    """Cross-field rules pydantic cannot express; returns every problem found."""
+def check_rules(settings: Settings, invalid: Collection[str] = ()) -> list[str]:
+    """Cross-field rules pydantic cannot express; returns every problem found.
+
+    ``invalid``: key paths (``gateway``, ``idp.x``, ``app.y``...) of sections that failed
+    shape validation and stand in ``settings`` as defaults or not at all (check-config's full
+    report, :mod:`gateway.config_report`): nothing is reported under them, and names that
+    refer to them are not "unknown"."""
+    known = frozenset(
+        {*invalid, *(f"idp.{n}" for n in settings.idp), *(f"app.{n}" for n in settings.app)}
+    )
     gw = settings.gateway
     dev = gw.dev_mode
     problems: list[str | None] = [_https_problem("gateway.public_url", gw.public_url, dev)]
@@ -104,28 +131,152 @@ def check_rules(settings: Settings) -> list[str]:
         problems.append("gateway.public_url: must be an origin without a path")
     if not gw.cookie_secure and not dev:
         problems.append("gateway.cookie_secure: may be false only with gateway.dev_mode = true")
-    if len(gw.signing_key.reveal()) < 32:
+    # An UncheckedSecret (check-config --no-secrets) has no value to measure.
+    if not isinstance(gw.signing_key, UncheckedSecret) and len(gw.signing_key.reveal()) < 32:
         problems.append("gateway.signing_key: must be at least 32 characters of random data")
-    if not settings.idp:
+    if not any(k == "idp" or k.startswith("idp.") for k in known):
         problems.append("idp: at least one identity provider is required")
-    if not settings.app:
+    if not any(k == "app" or k.startswith("app.") for k in known):
         problems.append("app: at least one app is required")
     for name, idp in settings.idp.items():
-        problems.extend(_idp_problems(f"idp.{name}", idp, settings, dev))
+        problems.extend(_idp_problems(f"idp.{name}", idp, known, dev))
     for name, app in settings.app.items():
-        problems.extend(_app_problems(f"app.{name}", app, settings, dev))
+        problems.extend(_app_problems(f"app.{name}", app, settings, dev, known))
+    problems.extend(tls_settings_problems(settings))  # CA bundles: exist, PEM, certificates
+    problems.extend(_scim_problems(settings, known))
     for name, portal in settings.portal.items():
         for app_name in portal.apps:
-            if app_name not in settings.app:
+            if f"app.{app_name}" not in known:
                 problems.append(f"portal.{name}.apps: unknown app {app_name!r}")
         for origin in portal.origins:
             if _https_problem("x", origin, dev) or urlsplit(origin).path:
                 problems.append(f"portal.{name}.origins: {origin!r} is not an https origin")
+    problems.extend(_branding_problems(settings.branding))
     if settings.store.backend == "redis":
-        scheme = urlsplit(settings.store.url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
+        problems.extend(_store_problems(settings.store))
+    return [p for p in problems if p and not _under(p, invalid)]
+
+
+def _scim_problems(settings: Settings, known: Collection[str]) -> list[str | None]:
+    """``[idp.<name>.scim]``: credentials present, apps known and accepting the IdP, and no
+    sign-in that would reactivate an account the IdP deactivated over SCIM."""
+    problems: list[str | None] = []
+    for name, idp in settings.idp.items():
+        if idp.scim is None:
+            continue
+        key = f"idp.{name}.scim"
+        if not idp.scim.token_hashes:
+            problems.append(f"{key}.token_hashes: at least one (see gateway scim-token)")
+        if not idp.scim.apps:
+            problems.append(f"{key}.apps: name the apps this IdP provisions")
+        for app_name in idp.scim.apps:
+            app = settings.app.get(app_name)
+            if app is None:
+                if f"app.{app_name}" not in known:
+                    problems.append(f"{key}.apps: unknown app {app_name!r}")
+                continue
+            if name not in app.idps:
+                problems.append(f"{key}.apps: app {app_name!r} does not accept IdP {name!r}")
+            if app.reactivate:
+                problems.append(
+                    f"app.{app_name}.reactivate: must be false for an app provisioned over "
+                    "SCIM (a sign-in would reactivate an account the IdP deactivated)"
+                )
+    return list(dict.fromkeys(problems))  # an app two IdPs provision: said once
+
+
+def _store_problems(store: StoreSettings) -> list[str | None]:
+    """``[store]`` with ``backend = "redis"``: one URL or Sentinel, TLS files only with TLS."""
+    # Only Redis deployments import redis-py (for the one host:port parser the store uses).
+    from gateway.store.redis_connect import parse_address
+
+    problems: list[str | None] = []
+    if store.url and store.sentinels:
+        problems.append("store.sentinels: set either store.url or store.sentinels, not both")
+    if store.url:
+        parts = urlsplit(store.url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
             problems.append("store.url: must be a redis://, rediss:// or unix:// URL")
-    return [p for p in problems if p]
+        if parts.username or parts.password:
+            problems.append(
+                "store.url: must not carry credentials (use store.username and store.password)"
+            )
+    for address in store.sentinels:
+        try:
+            parse_address(address)
+        except ValueError:
+            problems.append(f"store.sentinels: {address!r} is not host:port")
+    if not store.sentinels:
+        for key in ("sentinel_username", "sentinel_password", "sentinel_tls"):
+            if getattr(store, key):
+                problems.append(f"store.{key}: only used with store.sentinels")
+    tls = store.sentinel_tls if store.sentinels else (store.url or "").startswith("rediss:")
+    for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        if getattr(store, key) and not tls:
+            problems.append(
+                f"store.{key}: TLS is off (use a rediss:// URL, or store.sentinel_tls = true)"
+            )
+    if store.username and store.password is None:
+        problems.append("store.username: needs store.password (an ACL user's password)")
+    if store.sentinel_username and store.sentinel_password is None:
+        problems.append("store.sentinel_username: needs store.sentinel_password")
+    if bool(store.tls_cert_file) != bool(store.tls_key_file):
+        problems.append("store.tls_cert_file: goes together with store.tls_key_file")
+    elif store.tls_cert_file and store.tls_key_file:
+        problems.append(
+            cert_key_problem(
+                "store.tls_cert_file", store.tls_cert_file, "store.tls_key_file", store.tls_key_file
+            )
+        )
+    return problems
+
+
+def _under(problem: str, paths: Collection[str]) -> bool:
+    """Whether ``problem`` ("key.path: reason") is about one of ``paths`` or a key inside."""
+    key = problem.split(":", 1)[0]
+    return any(key == path or key.startswith(f"{path}.") for path in paths)
+
+
+# What ``[branding] logo_file`` may be: served by the gateway with this Content-Type.
+LOGO_TYPES = {
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+}
+LOGO_MAX_BYTES = 512 * 1024
+
+
+def _branding_problems(branding: BrandingSettings) -> list[str | None]:
+    """Logo file readable and small, logo URL https (its origin joins the pages' CSP),
+    support link https or mailto."""
+    problems: list[str | None] = []
+    if branding.logo_file is not None and branding.logo_url is not None:
+        problems.append("branding: set logo_file or logo_url, not both")
+    if branding.logo_file is not None:
+        path = branding.logo_file
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in LOGO_TYPES:
+            problems.append(
+                f"branding.logo_file: {path!r} must be a {', '.join(sorted(LOGO_TYPES))} file"
+            )
+        elif not os.path.isfile(path):
+            problems.append(f"branding.logo_file: no such file {path!r}")
+        elif os.path.getsize(path) > LOGO_MAX_BYTES:
+            problems.append(f"branding.logo_file: {path!r} is larger than 512 KiB")
+    if branding.logo_url is not None:
+        # https even in dev_mode: the origin is allowed in every page's CSP img-src.
+        problems.append(_https_problem("branding.logo_url", branding.logo_url, False))
+    url = branding.support_url
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme == "mailto":
+            if "@" not in parts.path or any(c in url for c in "\r\n<>\"'"):
+                problems.append("branding.support_url: not a valid mailto: address")
+        elif _https_problem("x", url, False):
+            problems.append("branding.support_url: must be an https:// or mailto: URL")
+    return problems
 
 
 def _domain_problems(key: str, domains: tuple[str, ...]) -> list[str | None]:
@@ -143,7 +294,7 @@ def _domain_problems(key: str, domains: tuple[str, ...]) -> list[str | None]:
 
 
 def _idp_problems(
-    key: str, idp: OidcIdpSettings | SamlIdpSettings, settings: Settings, dev: bool
+    key: str, idp: OidcIdpSettings | SamlIdpSettings, known: Collection[str], dev: bool
 ) -> list[str | None]:
     authority = _domain_problems(f"{key}.email_domains", idp.email_domains)
     if isinstance(idp, OidcIdpSettings):
@@ -191,7 +342,7 @@ def _idp_problems(
     for path in idp.certificate_files:
         if not os.path.isfile(path):
             problems.append(f"{key}.certificate_files: no such file {path!r}")
-    if idp.default_app is not None and idp.default_app not in settings.app:
+    if idp.default_app is not None and f"app.{idp.default_app}" not in known:
         problems.append(f"{key}.default_app: unknown app {idp.default_app!r}")
     return problems
 
@@ -261,12 +412,14 @@ def _trust_problems(key: str, app: AppSettings, settings: Settings) -> list[str 
     return problems
 
 
-def _app_problems(key: str, app: AppSettings, settings: Settings, dev: bool) -> list[str | None]:
+def _app_problems(
+    key: str, app: AppSettings, settings: Settings, dev: bool, known: Collection[str]
+) -> list[str | None]:
     problems: list[str | None] = _trust_problems(key, app, settings)
     if not app.idps:
         problems.append(f"{key}.idps: at least one IdP is required")
     for idp_name in app.idps:
-        if idp_name not in settings.idp:
+        if f"idp.{idp_name}" not in known:
             problems.append(f"{key}.idps: unknown IdP {idp_name!r}")
     for section in ("skyprep", "damstra", "litmos"):
         present = getattr(app, section) is not None

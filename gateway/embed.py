@@ -3,8 +3,10 @@
 Two ways in (see the README):
 
 * ``GET /embed/{app}/lesson-schedules/{id}`` — the browser inside a portal's iframe, signed in
-  with the gateway session: :func:`session_embed` gives the player URL to redirect to, sent
-  with :func:`embed_headers` (``frame-ancestors`` = the app's portal origins exactly).
+  with the gateway session (same-site portals) or the frame's own embed grant (any portal;
+  :mod:`gateway.embed_grants`): :func:`session_embed` gives the player URL to redirect to,
+  sent with :func:`embed_headers` (``frame-ancestors`` = the app's portal origins exactly).
+  :func:`portal_of` and :func:`portal_apps` scope a frame's sign-in to configured portals.
 * ``/api/v1/apps/{app}/lesson-schedules[/{id}/embed]?employee=<email>`` — a portal back-end
   with its bearer credential: :func:`authenticate_portal`, then :func:`portal_lesson_schedules`
   or :func:`portal_embed`. The API is server-to-server: the credential acts for *any*
@@ -101,16 +103,42 @@ def frame_ancestors(portals: Mapping[str, PortalSettings], app: str) -> str:
     return "frame-ancestors " + " ".join(origins) if origins else NO_FRAMING
 
 
-def embed_headers(portals: Mapping[str, PortalSettings], app: str) -> dict[str, str]:
+def embed_headers(
+    portals: Mapping[str, PortalSettings],
+    app: str,
+    *,
+    scripts: bool = False,
+    img_sources: tuple[str, ...] = (),
+) -> dict[str, str]:
     """Headers for the embed redirect/page: framing by the app's portals only, no caching
-    and no referrer (the player URL carries a token)."""
+    and no referrer (the player URL carries a token). ``scripts``: the frame's sign-in page,
+    which runs ``/static/embed.js`` and calls and posts only to the gateway itself."""
+    script = "script-src 'self'; connect-src 'self'; form-action 'self'; " if scripts else ""
+    images = " ".join(("'self'", "data:", *img_sources))
     return {
         # The gateway's usual page policy, with framing opened to the app's portals only.
-        "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
-        "base-uri 'none'; " + frame_ancestors(portals, app),
+        "Content-Security-Policy": f"default-src 'none'; {script}style-src 'self'; "
+        f"img-src {images}; base-uri 'none'; " + frame_ancestors(portals, app),
         "Cache-Control": "no-store",
         "Referrer-Policy": "no-referrer",
     }
+
+
+def portal_of(portals: Mapping[str, PortalSettings], app: str, origin: str | None) -> str | None:
+    """``origin`` normalised when it is a configured origin of a portal scoped to ``app``,
+    else None (a portal origin not configured gets nothing)."""
+    normalised = _normalise_origin(origin) if origin else None
+    return normalised if normalised and normalised in portal_origins(portals, app) else None
+
+
+def portal_apps(portals: Mapping[str, PortalSettings], origin: str) -> tuple[str, ...]:
+    """The apps of every portal that configured ``origin``: what a frame signed in under
+    that portal may show."""
+    apps: dict[str, None] = {}
+    for portal in portals.values():
+        if origin in portal_origins({"p": portal}, None):
+            apps.update(dict.fromkeys(portal.apps))
+    return tuple(apps)
 
 
 def cors_origins(

@@ -64,6 +64,36 @@ class Metrics:
             ["app"],
             registry=r,
         )
+        self.employee_busy = Counter(
+            "gateway_budget_employee_busy_total",
+            "Sign-ins refused because the employee spent their share of the app's LMS calls",
+            ["app"],
+            registry=r,
+        )
+        self.budget_refunds = Counter(
+            "gateway_budget_refunded_calls_total",
+            "LMS calls reserved by sign-ins and given back unspent",
+            ["app"],
+            registry=r,
+        )
+        self.deadline_hits = Counter(
+            "gateway_sign_in_deadline_exceeded_total",
+            "Sign-ins ended by their deadline (LMS slow or hung, or queue too long)",
+            ["app"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "gateway_lms_rate_limited_total",
+            "Rate-limit answers from the LMS (each pauses the app's budget)",
+            ["app"],
+            registry=r,
+        )
+        self.links_reused = Counter(
+            "gateway_sign_in_links_reused_total",
+            "Sign-ins sent to a link minted earlier that the LMS makes reusable (no LMS call)",
+            ["app"],
+            registry=r,
+        )
         self.provisioning = Counter(
             "gateway_provisioning_actions_total",
             "LMS accounts created, updated, reactivated",
@@ -79,6 +109,18 @@ class Metrics:
         self.circuit_open = Gauge(
             "gateway_lms_circuit_open",
             "1 while an app's LMS circuit is open",
+            ["app"],
+            registry=r,
+        )
+        self.scim_requests = Counter(
+            "gateway_scim_requests_total",
+            "SCIM requests by app, operation and HTTP status",
+            ["app", "op", "status"],
+            registry=r,
+        )
+        self.scim_throttled = Counter(
+            "gateway_scim_throttled_total",
+            "SCIM requests answered 429 to keep the LMS budget's reserve for sign-ins",
             ["app"],
             registry=r,
         )
@@ -134,6 +176,8 @@ def log_event(logger: logging.Logger, level: int, msg: str, **fields: Any) -> No
     logger.log(level, msg, extra={"fields": fields})
 
 
-def audit(**fields: Any) -> None:
-    """One audit event (who, IdP, app, provisioning action, outcome, reference id)."""
-    log_event(logging.getLogger(AUDIT_LOGGER), logging.INFO, "sign_in", **fields)
+def audit(event: str = "sign_in", **fields: Any) -> None:
+    """One audit event (who, IdP, app, provisioning action, outcome, reference id).
+    ``event``: ``sign_in`` (one per sign-in) or ``lms_effect`` (one per change made in the
+    LMS, logged when the LMS confirmed it, even if the sign-in failed later)."""
+    log_event(logging.getLogger(AUDIT_LOGGER), logging.INFO, event, **fields)

@@ -9,11 +9,14 @@ import httpx
 
 from gateway.auth.base import FrontDoor
 from gateway.auth.session import SessionManager
+from gateway.budget import Budget
 from gateway.connectors.base import Connector
 from gateway.errors import NotFound
 from gateway.limits import PendingLogins
+from gateway.links import RecentLinks
 from gateway.observability import Metrics
 from gateway.provisioning import Provisioner
+from gateway.scim.service import ScimService
 from gateway.settings import AppSettings, Settings
 from gateway.store.base import Store
 from gateway.web.pages import Pages
@@ -27,6 +30,7 @@ class AppRuntime:
     settings: AppSettings
     connector: Connector
     provisioner: Provisioner
+    budget: Budget
 
 
 @dataclass
@@ -43,6 +47,10 @@ class Services:
     own_host: str
     pending_logins: PendingLogins
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    # SCIM Users per app, for the apps some IdP provisions over SCIM (gateway/scim).
+    scim: dict[str, ScimService] = field(default_factory=dict)
+    # Reusable sign-in links kept for repeat sign-ins (gateway/links.py); None: no reuse.
+    links: RecentLinks | None = None
 
     def app(self, name: str) -> AppRuntime:
         runtime = self.apps.get(name)

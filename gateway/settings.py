@@ -42,6 +42,22 @@ class Secret:
         return hash(self._value)
 
 
+class UncheckedSecret(Secret):
+    """A secret that was not available while linting (``check-config --no-secrets``).
+
+    Only ever produced when validation runs with ``context["lint_secrets"]``; it cannot be
+    revealed, so settings holding one can be checked but never used."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: str) -> None:
+        super().__init__("")
+        self.source = source  # e.g. "environment variable X is not set": never a value
+
+    def reveal(self) -> str:
+        raise RuntimeError(f"secret not loaded ({self.source}): settings were only linted")
+
+
 def _resolve_secret(value: Any, info: ValidationInfo) -> Secret:
     """Turn ``{env = NAME}`` / ``{file = PATH}`` into a Secret; refuse literal values."""
     if isinstance(value, Secret):
@@ -53,9 +69,12 @@ def _resolve_secret(value: Any, info: ValidationInfo) -> Secret:
     if not isinstance(value, dict) or set(value) not in ({"env"}, {"file"}):
         raise ValueError('expected { env = "NAME" } or { file = "PATH" }')
     environ: dict[str, str] = (info.context or {}).get("environ", {})
+    lint = bool((info.context or {}).get("lint_secrets"))
     if "env" in value:
         name = str(value["env"])
         if not environ.get(name):
+            if lint:
+                return UncheckedSecret(f"environment variable {name} is not set")
             raise ValueError(f"environment variable {name} is not set or empty")
         return Secret(environ[name])
     path = str(value["file"])
@@ -63,6 +82,8 @@ def _resolve_secret(value: Any, info: ValidationInfo) -> Secret:
         with open(path, encoding="utf-8") as handle:
             text = handle.read().strip()
     except OSError as exc:
+        if lint:
+            return UncheckedSecret(f"secret file {path}: {exc.strerror}")
         raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
     if not text:
         raise ValueError(f"secret file {path} is empty")
@@ -93,6 +114,31 @@ class GatewaySettings:
     # entries), in total and per client address; past either, /auth/<idp>/login refuses (429).
     max_pending_logins: Annotated[int, Field(ge=10, le=10_000_000)] = 100_000
     max_pending_logins_per_client: Annotated[int, Field(ge=1, le=100_000)] = 300
+    # Language of the employee pages when neither ``?lang=``, the language cookie nor the
+    # browser's Accept-Language names one the gateway has (en, de, fr, es).
+    default_language: Literal["en", "de", "fr", "es"] = "en"
+    # Private CAs for every outgoing TLS connection (IdPs, LMS APIs): a PEM bundle trusted
+    # alongside the public bundle ("add") or instead of it ("replace"); see gateway/tls.py.
+    # Per IdP ([idp.<name>]) and per app ([app.<name>.<connector>.http]) overrides exist.
+    ca_file: str | None = None
+    ca_mode: Literal["add", "replace"] = "add"
+
+
+@dataclass(config=STRICT)
+class BrandingSettings:
+    """``[branding]``: how the employee pages look (``config.py`` checks files, URLs and
+    colours; ``gateway/web/branding.py`` turns it into the page header, footer and CSS)."""
+
+    company_name: Annotated[str, Field(min_length=1, max_length=80)] | None = None
+    # A logo served by the gateway itself (PNG, SVG, JPEG or WebP, at most 512 KiB) ...
+    logo_file: str | None = None
+    # ... or one on an https:// host, whose origin is added to the pages' CSP img-src.
+    logo_url: str | None = None
+    # Buttons and links; the text on buttons is chosen for contrast (WCAG AA).
+    primary_colour: Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")] = "#2b59c3"
+    # Who to contact: shown with the support reference on error pages and in every footer.
+    support_text: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    support_url: str | None = None
 
 
 @dataclass(config=STRICT)
@@ -111,11 +157,24 @@ class StoreSettings:
     """``[store]``: where state shared by replicas lives."""
 
     backend: Literal["memory", "redis"] = "memory"
-    url: str = "redis://127.0.0.1:6379/0"
+    # One endpoint (unset: redis://127.0.0.1:6379/0) ... or Redis Sentinel: the sentinels
+    # (host:port each) that name the primary of sentinel_service. Not both.
+    url: str | None = None
+    sentinels: tuple[str, ...] = ()
+    sentinel_service: Annotated[str, Field(min_length=1, max_length=200)] = "mymaster"
+    # The sentinels' own credentials (Sentinel's requirepass / an ACL user on them).
+    sentinel_username: str | None = None
+    sentinel_password: SecretValue | None = None
+    # TLS to the sentinels and the primary they name (with url, rediss:// says it).
+    sentinel_tls: bool = False
+    # The data nodes' credentials: password alone, or an ACL user (Redis 6+, managed Redis).
+    username: str | None = None
     password: SecretValue | None = None
     key_prefix: str = "gateway:"
-    # Redis TLS: a rediss:// URL turns it on; this names the CA bundle to trust.
+    # Redis TLS: a CA bundle trusted besides the system's, and an optional client certificate.
     tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     # Memory store: hard limit on entries. Full: new anonymous state (pending logins) is
     # refused; security entries (replay caches, sessions, revocations) are never evicted.
     memory_max_entries: Annotated[int, Field(ge=1000, le=50_000_000)] = 500_000
@@ -138,6 +197,18 @@ class ClaimMapping:
 
 
 @dataclass(config=STRICT)
+class ScimSettings:
+    """``[idp.<name>.scim]``: this IdP's SCIM 2.0 provisioning client (``/scim/v2/{app}``).
+
+    Only hashes of the bearer credentials are kept (``gateway scim-token`` makes a credential
+    and its line); several let a credential be rotated without downtime."""
+
+    token_hashes: tuple[Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")], ...]
+    # The apps this IdP's SCIM client may provision (each must accept the IdP).
+    apps: tuple[Name, ...]
+
+
+@dataclass(config=STRICT)
 class OidcIdpSettings:
     """``[idp.<name>]`` with ``type = "oidc"``."""
 
@@ -153,6 +224,8 @@ class OidcIdpSettings:
     # is refused before any LMS call; required (and disjoint) for every IdP of an app that
     # accepts several IdPs.
     email_domains: tuple[str, ...] = ()
+    # SCIM provisioning by this IdP (absent: none).
+    scim: ScimSettings | None = None
     # preset "google": the Workspace domains (``hd``) accepted; required for that preset.
     hosted_domains: tuple[str, ...] = ()
     # Take the e-mail from claims that are not verified e-mail addresses (Entra's
@@ -173,6 +246,12 @@ class OidcIdpSettings:
     end_session: bool = False
     # Least time between two JWKS fetches triggered by an unknown ``kid``.
     jwks_min_refresh_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    # HTTP to this IdP (discovery, JWKS, token, userinfo): seconds to connect / to wait for
+    # each read; CA bundle and mode override [gateway] ca_file / ca_mode.
+    connect_timeout: Annotated[float, Field(gt=0, le=30)] = 5.0
+    read_timeout: Annotated[float, Field(gt=0, le=60)] = 10.0
+    ca_file: str | None = None
+    ca_mode: Literal["add", "replace"] | None = None
 
 
 @dataclass(config=STRICT)
@@ -184,6 +263,8 @@ class SamlIdpSettings:
     display_name: str | None = None
     # E-mail domains this IdP is authoritative for (see OidcIdpSettings.email_domains).
     email_domains: tuple[str, ...] = ()
+    # SCIM provisioning by this IdP (absent: none).
+    scim: ScimSettings | None = None
     # IdP metadata: one of metadata_file, metadata_url, or entity_id + sso_url + certificate_files.
     metadata_file: str | None = None
     metadata_url: str | None = None
@@ -211,6 +292,11 @@ class SamlIdpSettings:
     # Accept AES-CBC content encryption (legacy IdPs; AES-GCM otherwise). RSA PKCS#1 v1.5
     # key transport is never accepted.
     allow_legacy_cbc_encryption: bool = False
+    # HTTP to this IdP (metadata_url): as for OIDC IdPs.
+    connect_timeout: Annotated[float, Field(gt=0, le=30)] = 5.0
+    read_timeout: Annotated[float, Field(gt=0, le=60)] = 10.0
+    ca_file: str | None = None
+    ca_mode: Literal["add", "replace"] | None = None
 
 
 IdpSettings = Annotated[OidcIdpSettings | SamlIdpSettings, Field(discriminator="type")]
@@ -226,15 +312,27 @@ class BudgetSettings:
     retries: Annotated[int, Field(ge=0, le=5)] = 2
     circuit_failures: Annotated[int, Field(ge=1, le=100)] = 5
     circuit_open_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
+    # One employee (across sessions and replicas) may spend at most this many of the app's
+    # calls per minute; more is the "just a moment" page (429). 6 fits two first sign-ins.
+    per_employee_calls_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 6
+    # Every LMS call, retry and budget wait of one sign-in ends within this; past it the
+    # employee gets the "training system unavailable" page at once.
+    sign_in_deadline_seconds: Annotated[float, Field(ge=1, le=20)] = 15.0
+    # Tokens of the shared bucket kept for sign-ins: SCIM and other background calls are
+    # refused (429 + Retry-After) while the bucket holds this many or fewer.
+    scim_reserve: Annotated[int, Field(ge=0, le=10_000)] = 5
 
 
 @dataclass(config=STRICT)
 class HttpSettings:
-    """Timeouts for one connector's HTTP client (seconds)."""
+    """Timeouts for one connector's HTTP client (seconds), and its CA bundle override."""
 
     connect_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
     read_timeout: Annotated[float, Field(gt=0, le=120)] = 15.0
     max_connections: Annotated[int, Field(ge=1, le=1000)] = 50
+    # Override [gateway] ca_file / ca_mode for this app's LMS API.
+    ca_file: str | None = None
+    ca_mode: Literal["add", "replace"] | None = None
 
 
 @dataclass(config=STRICT)
@@ -319,6 +417,13 @@ class AppSettings:
     # A cached LMS account is looked at again (active? still there?) at most this long after
     # it was last checked; sign-ins in between do not extend it.
     revalidate_seconds: Annotated[int, Field(ge=0, le=86400)] = 86400
+    # Hand a link the LMS makes reusable (SkyPrep daily keys, Damstra magic links; never
+    # one-time keys or Litmos LoginKeys) to a repeat sign-in of the same employee instead of
+    # an LMS call: "repeat_clicks" only within repeat_click_seconds of minting it,
+    # "until_expiry" until it expires (opt-in: a bearer credential for that long, see
+    # gateway/links.py and the README), "never". Never past revalidate_seconds.
+    reuse_links: Literal["repeat_clicks", "until_expiry", "never"] = "repeat_clicks"
+    repeat_click_seconds: Annotated[int, Field(ge=1, le=300)] = 10
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     skyprep: SkyPrepSettings | None = None
     damstra: DamstraSettings | None = None
@@ -349,3 +454,4 @@ class Settings:
     store: StoreSettings = Field(default_factory=StoreSettings)
     portal: dict[Name, PortalSettings] = Field(default_factory=dict)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    branding: BrandingSettings = Field(default_factory=BrandingSettings)

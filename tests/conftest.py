@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.support.oidc_op",
     "tests.support.simplesamlphp",
     "tests.support.redis_server",
+    "tests.support.test_ca",
 ]
 
 

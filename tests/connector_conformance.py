@@ -19,7 +19,8 @@ Documented differences between LMSs:
   comes with the account read, so "no link" there means no SignIn was returned).
 * ``elevated_role``: a role above learner that ``role_map`` may give an account the gateway
   creates (SkyPrep's get_login_key creates learners only, so it uses ``instructor``).
-* ``deactivate``: None where the LMS documents no deactivated state (SkyPrep).
+* ``deactivate``: how an LMS admin disables the account (SkyPrep: an access end date in the
+  past); None where an LMS documents no deactivated state.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class CaseOptions:
     read_timeout: float = 5.0
     adopt_privileged: bool = False
     reactivate: bool = True
+    # Lifecycle tests (tests/lifecycle_conformance.py): IdP group -> LMS group, match rule.
+    group_map: tuple[tuple[str, str], ...] = ()
+    match_by: str = "email"
 
 
 @dataclass
@@ -140,7 +144,8 @@ def fault_hooks(sim: Any) -> dict[str, Any]:
 
 def _app_options(options: CaseOptions) -> dict[str, Any]:
     return {"adopt_privileged_accounts": options.adopt_privileged,
-            "reactivate": options.reactivate}
+            "reactivate": options.reactivate, "group_map": dict(options.group_map),
+            "match_by": options.match_by}
 
 
 def _client(app: Any, options: CaseOptions, served: bool) -> httpx.AsyncClient:
@@ -184,7 +189,9 @@ async def skyprep_case(options: CaseOptions) -> AsyncIterator[Harness]:
             set_link_base=set_link_base, open_link=link_client.get,
             add_admin=lambda p: sim.add_user(p.email, p.first_name, p.last_name, role="admin"),
             snapshot=lambda: repr(copy.deepcopy(sim.users)),
-            link_operations=("get_login_key",), elevated_role="instructor", deactivate=None,
+            link_operations=("get_login_key",), elevated_role="instructor",
+            deactivate=lambda account: setattr(sim.users[account.user_id], "access_end_date",
+                                               "January 1, 2020"),
             recreates_deleted=True, new_employee_calls=1 if options.adopt_privileged else 2,
         )
     finally:
@@ -384,9 +391,18 @@ async def test_bad_api_key_is_an_auth_error(case: Factory) -> None:
 
 @pytest.mark.parametrize("status", [429, 503])
 async def test_slow_down_answers_are_rate_limited(h: Harness, status: int) -> None:
+    """429 says "slow down" on every LMS, 503 only on Litmos ("Litmos API overview"). A 503
+    from SkyPrep or Damstra is an outage: retried, and the app's budget is not paused."""
     h.fail_next(status, 1)
-    with pytest.raises(LmsRateLimited):
-        await h.connector.sign_in(profile(9), None, None)
+    if status in getattr(h.connector, "rate_limit_statuses", ()):
+        with pytest.raises(LmsRateLimited):
+            await h.connector.sign_in(profile(9), None, None)
+        return
+    assert status == 503 and 503 not in getattr(h.connector, "rate_limit_statuses", {503})
+    result = await h.connector.sign_in(profile(9), None, None)
+    assert result.url
+    budget = h.connector.http.budget  # type: ignore[attr-defined]
+    assert await budget.acquire() < 0.01  # not paused: the next call goes at once
 
 
 async def test_simulator_rate_limit_is_reported_as_rate_limited(h: Harness) -> None:

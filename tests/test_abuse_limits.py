@@ -247,8 +247,10 @@ async def test_full_memory_store_refuses_new_sign_ins_but_keeps_replay_cache_and
             assert statuses.count(429) > 2000
             assert store.entry_count() <= 1000
 
-            # The assertion's replay-cache entry survived the flood: a replay is refused...
-            replay = await person.post(acs, data=form.fields)
+            # The assertion's replay-cache entry survived the flood: a replay is refused (from
+            # a browser without the session: one with it would carry on with its session)...
+            async with from_address(stack, "192.0.2.78") as replayer:
+                replay = await replayer.post(acs, data=form.fields)
             assert replay.status_code in (400, 401), replay.text[:300]
             assert "location" not in replay.headers
             # ...and the session made by the sign-in is still there (no IdP round trip).
@@ -345,6 +347,13 @@ async def test_operator_token_opens_metrics_and_details_on_the_public_listener()
         detail = await client.get("/readyz", headers=AUTH)
         assert detail.status_code == 503
         assert detail.json()["problems"] == ["idp okta: not loaded"]
+        # Every dependency with its state, for the operator: the IdP, the store, each LMS.
+        deps = {d["name"]: d for d in detail.json()["dependencies"]}
+        assert deps["idp okta"]["state"] == "not loaded"
+        assert deps["store"] == {"name": "store", "state": "ok", "detail": "memory (this process)"}
+        assert {n: d["state"] for n, d in deps.items() if n.startswith("lms ")} == {
+            f"lms {name}": "ok" for name in app.state.services.apps
+        }
     assert ENV["OPERATOR_TOKEN"] not in str(app.state.services.settings)
 
 

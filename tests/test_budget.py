@@ -15,7 +15,8 @@ import uuid
 import pytest
 
 from gateway.budget import Budget
-from gateway.errors import BudgetExhausted, LmsUnavailable
+from gateway.call_context import CallClass, CallContext
+from gateway.errors import BudgetExhausted, DeadlineExceeded, EmployeeBusy, LmsUnavailable
 from gateway.settings import BudgetSettings
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
@@ -215,6 +216,14 @@ class CountingStore(MemoryStore):
         self.takes += 1
         return await super().take_token(key, per_minute, capacity, max_wait)
 
+    async def take_tokens(
+        self, key: str, per_minute: float, capacity: float, count: int, max_wait: float = 0.0,
+        *, floor: float | None = None,
+    ) -> tuple[float, float, bool]:
+        self.takes += 1
+        return await super().take_tokens(key, per_minute, capacity, count, max_wait,
+                                         floor=floor)
+
 
 def circuit_budget(clock: FakeClock, store: MemoryStore | None = None) -> Budget:
     return Budget(
@@ -310,3 +319,117 @@ async def test_a_probe_that_never_reports_back_is_given_up() -> None:
         await budget.acquire()
     clock.now += 20.0
     await budget.acquire()  # a new probe after another open period
+
+
+# -- issue 11: classes, reservations, the employee's share -----------------------------------
+
+
+async def test_background_work_only_spends_above_the_sign_ins_reserve() -> None:
+    """SCIM (background) takes tokens that are there now, leaving ``scim_reserve`` for
+    sign-ins; at or below it, it is refused at once with a Retry-After, never queued."""
+    clock = FakeClock()
+    budget = virtual_budget(clock, calls_per_minute=100, scim_reserve=5)  # burst 10
+    scim = CallContext(call_class=CallClass.BACKGROUND)
+    for _ in range(5):
+        assert await budget.acquire(scim) == 0.0
+    with pytest.raises(BudgetExhausted) as caught:
+        await budget.acquire(scim)
+    assert caught.value.retry_after == pytest.approx(1.0)  # 1 token at 1.5/s, at least 1 s
+    assert clock.slept == []
+    # Sign-ins still have the reserve, and may queue beyond it.
+    for _ in range(5):
+        assert await budget.acquire(CallContext()) == 0.0
+    assert await budget.acquire(CallContext()) > 0.0
+
+
+async def test_a_reservation_is_all_or_nothing() -> None:
+    clock = FakeClock()
+    budget = virtual_budget(clock, calls_per_minute=60, max_wait_seconds=2.0)  # burst 6
+    first = CallContext(employee="a")
+    await budget.reserve(first, 3)
+    assert first.prepaid == [clock.now] * 3
+    second = CallContext(employee="b")
+    await budget.reserve(second, 3)
+    # Third sign-in: its 3rd token would mature 3 / 0.9 s from now, past 2 s: nothing taken.
+    third = CallContext(employee="c")
+    with pytest.raises(BudgetExhausted) as caught:
+        await budget.reserve(third, 3)
+    assert third.prepaid == [] and caught.value.position == 0
+    assert caught.value.retry_after == pytest.approx(3 / 0.9)
+    # One call still fits (1.1 s): refused sign-ins held no tokens.
+    fourth = CallContext(employee="d")
+    assert await budget.reserve(fourth, 1) == pytest.approx(1 / 0.9)
+    assert fourth.prepaid == [pytest.approx(clock.now + 1 / 0.9)]
+
+
+async def test_prepaid_tokens_are_spent_on_their_schedule_without_the_store() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    budget = Budget("training", settings(calls_per_minute=60, max_wait_seconds=5.0), store,
+                    clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        await budget.acquire(CallContext())  # one token left of the burst of 6
+    ctx = CallContext(employee="e")
+    await budget.reserve(ctx, 3)  # 1 now, then one every 1/0.9 s
+    takes = store.takes
+    waited = [await budget.acquire(ctx) for _ in range(3)]
+    assert store.takes == takes  # no store round trip per call
+    assert waited == [0.0, pytest.approx(1 / 0.9), pytest.approx(1 / 0.9)]
+
+
+async def test_continuing_calls_wait_up_to_the_deadline_not_max_wait() -> None:
+    """A sign-in that has spent calls never drops to the queue page: its next call waits up to
+    the deadline; past the deadline it ends with DeadlineExceeded (the unavailable page)."""
+    clock = FakeClock()
+    budget = virtual_budget(clock, calls_per_minute=60, max_wait_seconds=0.5)
+    for _ in range(6):
+        await budget.acquire(CallContext())
+    with pytest.raises(BudgetExhausted):
+        await budget.acquire(CallContext())  # a new sign-in: 1.1 s > 0.5 s
+    ongoing = CallContext(deadline=clock.now + 10.0, calls_spent=2)
+    assert await budget.acquire(ongoing) == pytest.approx(1 / 0.9)
+    late = CallContext(deadline=clock.now + 1.0, calls_spent=1)
+    with pytest.raises(DeadlineExceeded):
+        await budget.acquire(late)
+
+
+async def test_over_the_share_an_employee_gets_a_short_wait_and_costs_nothing() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    budget = Budget("training", settings(per_employee_calls_per_minute=6), store,
+                    clock=clock, sleep=clock.sleep)
+    for _ in range(2):
+        await budget.reserve(CallContext(employee="loop"), 3)  # two first sign-ins fit
+    left = budget.tokens_left
+    with pytest.raises(EmployeeBusy) as caught:
+        await budget.reserve(CallContext(employee="loop"), 1)
+    assert caught.value.status == 429 and caught.value.retry_after == pytest.approx(10.0)
+    await budget.reserve(CallContext(employee="colleague"), 3)  # others are not held back
+    assert budget.tokens_left == pytest.approx(left - 3)  # the refused one took nothing
+    # Given back: an employee whose sign-in spent 1 of 3 reserved calls has 2 to spend again.
+    clock.now += 60.0
+    ctx = CallContext(employee="refund")
+    await budget.reserve(ctx, 3)
+    await budget.acquire(ctx)
+    assert await budget.release(ctx) == 2
+    await budget.reserve(CallContext(employee="refund"), 5)  # 6 - 1 spent
+
+
+async def test_a_sign_in_bigger_than_the_share_still_fits_once() -> None:
+    clock = FakeClock()
+    budget = virtual_budget(clock, per_employee_calls_per_minute=2, max_wait_seconds=10)
+    ctx = CallContext(employee="many-teams")
+    await budget.reserve(ctx, 5)  # Litmos with 3 teams
+    assert len(ctx.prepaid) == 5
+
+
+async def test_a_queue_page_gives_the_employees_share_back() -> None:
+    clock = FakeClock()
+    budget = virtual_budget(clock, calls_per_minute=60, max_wait_seconds=0,
+                            per_employee_calls_per_minute=6)
+    for _ in range(6):
+        await budget.acquire(CallContext())
+    for _ in range(10):  # the queue page, again and again
+        with pytest.raises(BudgetExhausted) as caught:
+            await budget.reserve(CallContext(employee="patient"), 3)
+        assert not isinstance(caught.value, EmployeeBusy)

@@ -73,13 +73,30 @@ def test_every_problem_is_reported_at_once_with_its_key_path() -> None:
     joined = "\n".join(problems)
     assert "gateway.colour: unknown key" in joined
     assert "app.training.skyprep.acct_key: missing required key" in joined
-    # shape errors are reported first; cross-field rules run once the shape is right
+    # Shape errors do not hide the cross-field rules of the sections that are well formed.
+    assert "idp.okta.issuer: must be an absolute https:// URL" in joined
+    assert "idp.okta.algorithms: HS256, none not allowed" in joined
+    # ...while nothing is said about a stand-in for a broken section (app.training here).
+    assert "unknown IdP" not in joined
+    assert len(problems) == 4
     data["app"]["training"]["skyprep"]["acct_key"] = "acme.skyprepapp.com"
     del data["gateway"]["colour"]
     joined = "\n".join(problems_of(data))
-    assert "idp.okta.issuer: must be an absolute https:// URL" in joined
-    assert "idp.okta.algorithms: HS256, none not allowed" in joined
     assert "app.training.idps: unknown IdP 'nope'" in joined
+
+
+def test_a_type_error_in_one_app_does_not_hide_another_apps_problems() -> None:
+    data = minimal()
+    data["app"]["training"]["budget"] = {"calls_per_minute": "lots"}
+    data["app"]["safety"] = {**data["app"]["training"], "budget": {}, "idps": ["nope"]}
+    data["portal"] = {"intranet": {"token_sha256": "0" * 64, "apps": ["training", "gone"]}}
+    problems = problems_of(data)
+    assert problems == [
+        "app.training.budget.calls_per_minute: Input should be a valid integer, unable to "
+        "parse string as an integer",
+        "app.safety.idps: unknown IdP 'nope'",
+        "portal.intranet.apps: unknown app 'gone'",  # training exists, though it is broken
+    ]
 
 
 def test_literal_secrets_are_refused() -> None:

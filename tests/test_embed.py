@@ -390,7 +390,10 @@ async def test_iframe_route_owner_gets_player_and_others_get_404(demo: DemoStack
     portal = demo.portal_url.lower()
     async with httpx.AsyncClient(timeout=20) as browser:
         signed_out = await browser.get(f"{demo.gateway_url}/embed/damstra/lesson-schedules/{mine}")
-        assert signed_out.status_code == 401 and 'target="_top"' in signed_out.text
+        # A sign-in page for the frame (its script signs in through a popup), never a link
+        # that takes the portal page away (target=_top).
+        assert signed_out.status_code == 401 and 'id="gw-embed-sign-in"' in signed_out.text
+        assert 'target="_top"' not in signed_out.text
         assert signed_out.headers["content-security-policy"].endswith(f"frame-ancestors {portal}")
         await sign_in(browser, f"{demo.gateway_url}/login/damstra?idp=demo-oidc", "emp-1002")
         hop = await browser.get(f"{demo.gateway_url}/embed/damstra/lesson-schedules/{mine}")
@@ -561,7 +564,7 @@ async def test_repeated_sign_in_parameters_are_400_and_start_nothing(
     async with httpx.AsyncClient(timeout=20) as browser:
         answer = await browser.get(f"{demo.gateway_url}{path}")
         assert answer.status_code == 400, answer.text[:300]
-        assert "may be given only once" in answer.text
+        assert "This link is not valid" in answer.text
         assert "location" not in answer.headers
         assert "gw_login" not in answer.headers.get("set-cookie", "")
         # The same sign-in with the parameter once is fine (a redirect to the IdP or a page).

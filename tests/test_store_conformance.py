@@ -132,8 +132,9 @@ async def test_token_bucket_never_admits_more_than_burst_plus_rate(stores: Store
     await asyncio.gather(*(hammer(one if i % 2 else two) for i in range(10)))
     elapsed = time.monotonic() - started
     assert admitted <= 5 + 10 * elapsed + 1
-    # ... and the bucket is actually used, not starved.
-    assert admitted >= 5 + 10 * 0.6 - 3
+    # ... and the bucket is actually used, not starved (loosely: a loaded machine runs the
+    # hammering loops slowly; the bound above is the one that matters).
+    assert admitted >= 5 + 2
 
 
 async def test_reservations_are_granted_in_arrival_order(stores: StorePair) -> None:
@@ -141,18 +142,20 @@ async def test_reservations_are_granted_in_arrival_order(stores: StorePair) -> N
     (first come, first served across replicas); a caller who may not wait that long
     reserves nothing and is told when to come back."""
     one, two = stores
+    # 60/min = one token a second: long enough that a loaded machine's milliseconds between
+    # two calls do not blur the schedule.
     for _ in range(5):
-        assert (await one.take_token("queue", 600, 5))[2]  # the burst: 5 tokens
-    answers = [await (one if i % 2 else two).take_token("queue", 600, 5, 10.0) for i in range(4)]
+        assert (await one.take_token("queue", 60, 5))[2]  # the burst: 5 tokens
+    answers = [await (one if i % 2 else two).take_token("queue", 60, 5, 10.0) for i in range(4)]
     waits = [wait for wait, _, _ in answers]
     assert all(taken for _, _, taken in answers)
     assert waits == sorted(waits) and waits[0] > 0.0
-    # 600/min = one token every 0.1 s: each reservation matures one interval after the last
-    assert [round(b - a, 2) for a, b in itertools.pairwise(waits)] == [0.1, 0.1, 0.1]
-    wait, left, taken = await one.take_token("queue", 600, 5, 0.05)
+    # each reservation matures one interval after the last
+    assert [round(b - a, 1) for a, b in itertools.pairwise(waits)] == [1.0, 1.0, 1.0]
+    wait, left, taken = await one.take_token("queue", 60, 5, 0.5)
     assert not taken and wait > waits[-1] and left < 0
-    again, _, taken_again = await two.take_token("queue", 600, 5, 10.0)
-    assert taken_again and abs(again - (waits[-1] + 0.1)) < 0.05  # the refused one took no slot
+    again, _, taken_again = await two.take_token("queue", 60, 5, 10.0)
+    assert taken_again and abs(again - (waits[-1] + 1.0)) < 0.3  # the refused one took no slot
 
 
 async def test_bucket_refills_up_to_capacity_only(store: Store) -> None:
@@ -190,6 +193,82 @@ async def test_pause_on_a_fresh_bucket(store: Store) -> None:
     await store.pause_bucket("fresh", 0.2)
     wait = (await store.take_token("fresh", 600, 5))[0]
     assert 0.2 - (time.monotonic() - started) - 0.01 <= wait <= 0.2
+
+
+# -- issue 11: multi-token reservations, give-back, reserve floor, fenced locks -------------
+
+
+async def test_take_tokens_reserves_a_whole_sign_in_at_once_in_arrival_order(
+    stores: StorePair,
+) -> None:
+    """A first sign-in reserves all its calls in one step: either every token matures within
+    the bound or nothing is taken; reservations keep first-come-first-served order."""
+    one, two = stores
+    wait, left, taken = await one.take_tokens("n", 600, 5, 3)
+    assert (wait, taken) == (0.0, True) and abs(left - 2.0) < 0.05
+    # Two left: three more mature 0.1 s after the last one available (one every 0.1 s).
+    wait, left, taken = await two.take_tokens("n", 600, 5, 3, 1.0)
+    assert taken and 0.09 <= wait <= 0.1001 and left < 0
+    # Not within 0.15 s: the third token of this reservation is 0.4 s away; nothing taken.
+    refused, left_refused, taken = await one.take_tokens("n", 600, 5, 3, 0.15)
+    assert not taken and 0.3 <= refused <= 0.4001 and abs(left_refused - left) < 0.05
+    wait, _, taken = await two.take_tokens("n", 600, 5, 1, 1.0)
+    assert taken and 0.1 <= wait <= 0.2001  # the refused one held no slot
+
+
+async def test_take_tokens_with_a_floor_never_reserves_nor_digs_into_the_reserve(
+    stores: StorePair,
+) -> None:
+    one, two = stores
+    # Capacity 5, reserve 3: background work may take 2 of a full bucket, then must wait.
+    # 60/min (one token a second) so a loaded machine's milliseconds do not matter.
+    assert (await one.take_tokens("bg", 60, 5, 1, floor=3))[2]
+    assert (await two.take_tokens("bg", 60, 5, 1, floor=3))[2]
+    wait, left, taken = await one.take_tokens("bg", 60, 5, 1, 10.0, floor=3)
+    assert not taken and 0.0 < wait <= 1.001 and abs(left - 3.0) < 0.3
+    # Sign-ins still get the reserve, and then background work waits for the refill.
+    assert (await two.take_tokens("bg", 60, 5, 3))[2]
+    wait, _, taken = await one.take_tokens("bg", 60, 5, 1, floor=3)
+    assert not taken and 3.0 <= wait <= 4.001
+
+
+async def test_give_back_tokens_returns_unused_calls_up_to_capacity(stores: StorePair) -> None:
+    one, two = stores
+    assert (await one.take_tokens("gb", 600, 5, 5))[2]
+    await two.give_back_tokens("gb", 600, 5, 2)
+    assert [(await one.take_token("gb", 600, 5))[0] for _ in range(2)] == [0.0, 0.0]
+    assert (await one.take_token("gb", 600, 5))[0] > 0.0
+    await two.give_back_tokens("full", 600, 5, 3)  # a bucket never used is full already
+    assert [(await one.take_token("full", 600, 5))[0] for _ in range(5)] == [0.0] * 5
+    assert (await one.take_token("full", 600, 5))[0] > 0.0
+    # A pause emptied the bucket; giving back during it does not refill it.
+    await one.pause_bucket("gbp", 0.2)
+    await two.give_back_tokens("gbp", 600, 5, 5)
+    await asyncio.sleep(0.22)
+    assert (await one.take_token("gbp", 600, 5))[0] > 0.0
+
+
+async def test_delete_if_equals_releases_only_the_owners_lock(stores: StorePair) -> None:
+    one, two = stores
+    assert await one.set_if_absent("lock", b"owner-a", 10)
+    assert not await two.delete_if_equals("lock", b"owner-b")
+    assert await one.get("lock") == b"owner-a"
+    assert await two.delete_if_equals("lock", b"owner-a")
+    assert await one.get("lock") is None
+    assert not await one.delete_if_equals("lock", b"owner-a")  # gone: nothing to release
+
+
+async def test_renew_if_equals_extends_only_the_owners_lock(stores: StorePair) -> None:
+    one, two = stores
+    assert await one.set_if_absent("renew", b"owner-a", 0.2)
+    assert not await two.renew_if_equals("renew", b"owner-b", 10)
+    assert await two.renew_if_equals("renew", b"owner-a", 0.6)
+    await asyncio.sleep(0.3)
+    assert await one.get("renew") == b"owner-a"  # outlived its first TTL
+    await asyncio.sleep(0.4)
+    assert await one.get("renew") is None
+    assert not await one.renew_if_equals("renew", b"owner-a", 10)  # expired: not revived
+    assert await one.get("renew") is None
 
 
 async def test_ping(store: Store) -> None:

@@ -67,7 +67,7 @@ async def test_second_idp_asserting_the_first_idps_email_is_refused_before_any_l
     async with httpx.AsyncClient(timeout=20) as attacker:
         page = await sign_in(attacker, f"{rogue.gateway_url}/login/{app}?idp=demo-saml", ALICE)
         assert page.status_code == 403
-        assert "not allowed to use this application" in page.text
+        assert "does not manage accounts with your e-mail address" in page.text
         assert "example.com" not in page.text  # the rule is not revealed
         assert lms_calls(rogue) == before  # refused before the LMS was asked anything
         # no session either: the next click goes back to an IdP, not into Alice's account

@@ -14,7 +14,7 @@ ambiguous apps; ``policy.profile_for`` reads groups and roles only from trusted 
 
 from __future__ import annotations
 
-from gateway.errors import AccessDenied
+from gateway.errors import IdpNotAuthoritative
 from gateway.identity import Identity
 from gateway.policy import normalise_email
 from gateway.settings import OidcIdpSettings, SamlIdpSettings
@@ -27,13 +27,14 @@ def vouch(identity: Identity, idp: OidcIdpSettings | SamlIdpSettings) -> None:
     lower-case; no suffix or subdomain matching: ``a@evil.example.com`` is not in
     ``example.com``) and an identity without a usable e-mail is refused. Without
     ``email_domains`` (allowed only for an IdP whose apps accept no other IdP) nothing is
-    checked here. Raises :class:`AccessDenied` (403; the employee's page names no rule).
+    checked here. Raises :class:`IdpNotAuthoritative` (an AccessDenied, 403; the employee's
+    page names no rule).
     """
     if not idp.email_domains:
         return
     email = normalise_email(identity.email)
     if email is None:
-        raise AccessDenied(
+        raise IdpNotAuthoritative(
             f"IdP {identity.idp} sent no usable e-mail address and vouches only for "
             "e-mail domains (email_domains)"
         )
@@ -41,6 +42,6 @@ def vouch(identity: Identity, idp: OidcIdpSettings | SamlIdpSettings) -> None:
     if domain not in idp.email_domains:
         # The domain is what the IdP asserted: printable (normalise_email refuses whitespace,
         # the front doors strip control characters) and capped, so it is safe in a log line.
-        raise AccessDenied(
+        raise IdpNotAuthoritative(
             f"IdP {identity.idp} is not authoritative for e-mail domain {domain[:253]}"
         )

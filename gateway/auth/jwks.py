@@ -94,7 +94,9 @@ async def request_json(
                 chunks.append(chunk)
             status = response.status_code
     except httpx.HTTPError as exc:
-        raise IdpUnavailable(f"{what} unreachable: {type(exc).__name__}") from None
+        # Only the transport's own TLS reasons are quoted (they carry no URL or secret).
+        detail = f" ({exc})" if str(exc).startswith("TLS ") else ""
+        raise IdpUnavailable(f"{what} unreachable: {type(exc).__name__}{detail}") from None
     try:
         body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):

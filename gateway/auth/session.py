@@ -26,7 +26,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -47,6 +47,9 @@ class Session:
     sid: str
     identity: Identity
     issued_at: int
+    # The app the sign-in that issued this session was for (kept in the store record, not the
+    # cookie): Back or Reload onto the IdP's spent answer continues there with this session.
+    app: str | None = None
 
 
 class SessionManager:
@@ -93,22 +96,28 @@ class SessionManager:
             return None
         # Fail closed: only a session the store still holds is valid. StoreUnavailable
         # propagates (503); it is never read as "not revoked".
-        if await self._store.get(_session_key(session.sid)) is None:
+        record = await self._store.get(_session_key(session.sid))
+        if record is None:
             return None
+        if record.startswith(b"app:"):
+            session = replace(session, app=record[4:].decode("utf-8", "replace"))
         return session
 
-    async def issue(self, response: Response, identity: Identity) -> Session:
+    async def issue(
+        self, response: Response, identity: Identity, *, app: str | None = None
+    ) -> Session:
         """Start a new session (always a new id: no fixation): record it in the store for
         its lifetime, then set its cookie. StoreUnavailable when the store cannot record it
         (no cookie is set then: it could never be honoured)."""
         if self._relevant_groups is not None:
             kept = tuple(g for g in identity.groups if g in self._relevant_groups)
             identity = Identity(**{**asdict(identity), "groups": kept})
-        session = Session(secrets.token_urlsafe(18), identity, int(self._clock()))
+        session = Session(secrets.token_urlsafe(18), identity, int(self._clock()), app)
         value = self._serializer.dumps(
             {"sid": session.sid, "iat": session.issued_at, "identity": asdict(identity)}
         )
-        await self._store.set(_session_key(session.sid), b"1", self.lifetime)
+        record = b"app:" + app.encode() if app else b"1"
+        await self._store.set(_session_key(session.sid), record, self.lifetime)
         response.set_cookie(
             self.cookie_name,
             value,
@@ -119,6 +128,11 @@ class SessionManager:
             samesite="lax",
         )
         return session
+
+    async def is_live(self, sid: str) -> bool:
+        """Whether session ``sid`` still exists in the store (not signed out, not expired).
+        Credentials derived from a session (the portal iframe's embed grant) end with it."""
+        return await self._store.get(_session_key(sid)) is not None
 
     async def forget(self, session: Session) -> None:
         """Make ``session`` invalid everywhere (its cookie, and any copy, stop working)."""

@@ -25,7 +25,7 @@ Contract of :meth:`Connector.sign_in` (what ``provisioning.py`` relies on):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -49,14 +49,27 @@ class ProvisionAction(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SignIn:
-    """A freshly minted sign-in link. ``url`` is a credential: never log or cache it."""
+    """A freshly minted sign-in link. ``url`` is a credential: never log it; only
+    ``gateway/links.py`` may keep it, encrypted, and only while ``reusable_until`` allows.
+
+    ``reusable_until`` (epoch seconds) is set by the connector when the *vendor* makes this
+    link usable more than once until then (a SkyPrep ``daily`` key, a Damstra magic link
+    within its ``expiresIn``), already minus a safety margin; None means single use (SkyPrep
+    ``otl``/``time`` keys, Litmos LoginKeys): never reused, whatever the app's settings."""
 
     url: str
     account: LmsAccount
     action: ProvisionAction
+    reusable_until: float | None = None
 
     def __repr__(self) -> str:
-        return f"SignIn(url=<redacted>, account={self.account!r}, action={self.action!s})"
+        return (f"SignIn(url=<redacted>, account={self.account!r}, action={self.action!s}, "
+                f"reusable_until={self.reusable_until!r})")
+
+
+# A reusable link stops being handed out this long before the vendor says it expires: clock
+# skew between the gateway and the LMS, and the time a browser takes to follow the redirect.
+REUSE_MARGIN_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +118,12 @@ class EmbedCapable(Protocol):
 @dataclass(frozen=True, slots=True)
 class LmsUser:
     """An LMS account as SCIM provisioning sees it (never a secret). ``user_id`` is the LMS's
-    own id; ``groups`` are LMS group (Damstra) or team (Litmos) names where the LMS has them."""
+    own id; ``groups`` are LMS group (Damstra) or team (Litmos) names where the LMS has them.
+
+    ``source`` is the connector's own copy of what it read (or just wrote), opaque to everyone
+    else: handing the LmsUser back as ``current`` to ``update_user``/``set_active`` lets the
+    connector write without reading the account a second time. It may hold vendor fields, so
+    it is left out of ``repr`` and comparisons; list pages carry none."""
 
     user_id: str
     username: str
@@ -115,6 +133,7 @@ class LmsUser:
     active: bool
     employee_number: str | None = None
     groups: tuple[str, ...] = ()
+    source: object = field(default=None, repr=False, compare=False)
 
 
 @runtime_checkable
@@ -139,8 +158,26 @@ class LifecycleCapable(Protocol):
     async def create_user(self, profile: Profile, *, active: bool = True) -> LmsUser:
         """Create the account (Conflict when the LMS already has one for this profile)."""
 
-    async def update_user(self, user_id: str, profile: Profile) -> LmsUser:
-        """Bring the account's names, e-mail, employee number and groups to ``profile``."""
+    async def update_user(
+        self, user_id: str, profile: Profile, *, current: LmsUser | None = None,
+    ) -> LmsUser:
+        """Bring the account's names, e-mail, employee number and groups to ``profile``.
+        ``current``: this account as this connector just returned it (``get_user`` or a
+        write); the connector then skips its own read (privileged accounts still refused)."""
 
-    async def set_active(self, user_id: str, active: bool) -> LmsUser:
-        """Reactivate or deactivate the account (never delete it)."""
+    async def set_active(
+        self, user_id: str, active: bool, *, current: LmsUser | None = None,
+    ) -> LmsUser:
+        """Reactivate or deactivate the account (never delete it); ``current`` as above."""
+
+
+@runtime_checkable
+class GroupCapable(Protocol):
+    """Connectors that can list the members of an LMS group (Damstra group, Litmos team,
+    SkyPrep user group) for SCIM Groups. Memberships change through
+    :meth:`LifecycleCapable.update_user` (the profile's ``groups``)."""
+
+    async def group_members(self, group: str, limit: int) -> list[LmsUser]:
+        """Accounts in ``group`` (a ``group_map`` value), at most ``limit + 1`` so the caller
+        can tell there are more; privileged accounts are left out unless the app adopts
+        them. NotFound when the LMS has no such group."""

@@ -28,20 +28,30 @@ silent (the simulator in ``gateway/sandbox/damstra.py`` makes the same ones):
   app maps for the employee is not adopted (unless ``adopt_privileged_accounts``).
 * Revalidation (``verify``): ``GET /user/{id}`` shows ``clientStatusId``; Not Current (57) is
   reactivated with ``POST /user/{id}/activate`` or refused, exactly as on a first sign-in.
+* Link reuse (``gateway/links.py``): a magic link is assumed usable until its ``expiresIn``
+  ends (see :data:`LINK_LIFETIME_SECONDS`); the SignIn says so, minus a margin.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import httpx
 
 from gateway.connectors._accounts import numeric_id, refuse_privileged
 from gateway.connectors._http import LmsHttp, json_body, same_origin
-from gateway.connectors.base import LessonSchedule, LmsAccount, ProvisionAction, SignIn
+from gateway.connectors.base import (
+    REUSE_MARGIN_SECONDS,
+    LessonSchedule,
+    LmsAccount,
+    ProvisionAction,
+    SignIn,
+)
+from gateway.connectors.damstra_users import NOT_CURRENT as NOT_CURRENT
+from gateway.connectors.damstra_users import DamstraLifecycle, excess_roles, role_id
 from gateway.errors import (
-    AccessDenied,
     AccountGone,
     AccountInactive,
     AmbiguousAccount,
@@ -62,9 +72,6 @@ from gateway.settings import AppSettings
 
 log = logging.getLogger("gateway.lms.damstra")
 
-NOT_CURRENT = 57
-ROLE_IDS = {"ADMIN": 3, "EDITOR": 4, "SUPERVISOR": 5, "TRAINEE": 6, "INSTRUCTOR": 8}
-ROLE_NAMES = {**{i: n for n, i in ROLE_IDS.items()}, 7: "OWNER"}  # for operator messages
 SCHEDULE_STATUSES = frozenset({"all", "scheduled", "due", "overdue", "completed", "cancelled"})
 # Keys a JSON-object answer of generate_login_url may carry the link under (undocumented).
 LINK_KEYS = ("touch_token_url", "touchTokenUrl", "url", "loginUrl", "login_url", "link",
@@ -75,45 +82,26 @@ MAX_PAGES = 10
 _NO_SCHEDULE = "lesson schedule not found for this employee"
 
 
-def role_id(role: str | None) -> int:
-    """Damstra role id for a mapped role name or id (TRAINEE when unset). OWNER is refused:
-    the document says there is only ever one."""
-    if role is None or not role.strip():
-        return ROLE_IDS["TRAINEE"]
-    key = role.strip().upper()
-    if key in ROLE_IDS:
-        return ROLE_IDS[key]
-    number = numeric_id(key)
-    if number is not None and int(number) in ROLE_IDS.values():
-        return int(number)
-    raise ConnectorError(f"damstra: role {role[:40]!r} is not a Damstra role the gateway may set")
+# The magic link's lifetime per ``expiresIn`` as assumed here: the reference only says "The
+# time the magic link expires" and lists the values. Read as a duration from minting (a
+# "month" as 28 days, the shortest), and the link as usable for its whole lifetime (nothing
+# in the reference says one use). Both are the simulator's behaviour too.
+LINK_LIFETIME_SECONDS = {"day": 86400.0, "week": 7 * 86400.0, "month": 28 * 86400.0}
+
+
+def link_reusable_until(expires_in: str, minted_at: float) -> float | None:
+    """Until when a magic link asked for at ``minted_at`` may be handed out again: its
+    lifetime minus 10 % of it (at least REUSE_MARGIN_SECONDS), in case Damstra counts its
+    lifetime differently than assumed above. None for an unknown ``expiresIn``."""
+    lifetime = LINK_LIFETIME_SECONDS.get(expires_in)
+    if lifetime is None:
+        return None
+    return minted_at + lifetime - max(REUSE_MARGIN_SECONDS, lifetime / 10)
 
 
 def _id(value: Any) -> str | None:
     """A Damstra numeric id as an ASCII-digit string, or None when it is not one."""
     return numeric_id(value)
-
-
-def _excess_roles(user: dict[str, Any], granted: int) -> list[str]:
-    """The user's roles above TRAINEE and above ``granted`` (the mapped role), as text for
-    the operator; unknown shapes and ids count as privileged (fail closed)."""
-    roles = user.get("roles")
-    if roles is None:
-        roles = []  # "By default users are created with the TRAINEE(6) role."
-    if not isinstance(roles, list):
-        return ["unreadable roles"]
-    excess: list[str] = []
-    for item in roles:
-        raw = item.get("id") if isinstance(item, dict) else item
-        number = _id(raw)
-        if number is None:
-            excess.append("unreadable role")
-        elif int(number) not in (ROLE_IDS["TRAINEE"], granted):
-            excess.append(ROLE_NAMES.get(int(number), f"role id {number}"))
-    supervised = user.get("groupsSupervised")
-    if supervised and granted not in (ROLE_IDS["SUPERVISOR"], ROLE_IDS["ADMIN"]):
-        excess.append("supervises groups")
-    return excess
 
 
 def _internal_code(response: httpx.Response) -> int | None:
@@ -125,8 +113,18 @@ def _internal_code(response: httpx.Response) -> int | None:
     return int(code) if code is not None else None
 
 
-class DamstraConnector:
-    """One Damstra Learning tenant (implements Connector and EmbedCapable)."""
+class DamstraConnector(DamstraLifecycle):
+    """One Damstra Learning tenant (implements Connector and EmbedCapable; LifecycleCapable
+    through ``damstra_users.py``)."""
+
+    # The reference documents no rate limit nor its answer; 429 is assumed (the simulator
+    # does the same). A 503 is an outage, not "slow down".
+    rate_limit_statuses = frozenset({429})
+
+    def first_sign_in_calls(self, profile: Profile) -> int:
+        """LMS calls a first sign-in needs (reserved at once by the budget): search, create,
+        generate_login_url (2 when the account exists; the unused one is given back)."""
+        return 3
 
     def __init__(self, app_name: str, app: AppSettings, http: LmsHttp, *,
                  dev_mode: bool = False) -> None:
@@ -140,6 +138,7 @@ class DamstraConnector:
         self.app = app
         self.settings = settings
         self.http = http
+        http.rate_limit_statuses = self.rate_limit_statuses
         self.dev_mode = dev_mode
         self._base = settings.api_url.rstrip("/")
         self._headers = {"AccessKey": settings.access_key.reveal(),
@@ -206,9 +205,11 @@ class DamstraConnector:
             known = None  # not a Damstra id: never put it in a URL; provision afresh
         if known is not None and not verify and (known.profile_digest == profile.digest()
                                                  or not self.app.update_on_login):
+            minted_at = time.time()
             url = await self._login_url(known.user_id, missing=AccountGone(
                 f"damstra: cached user {known.user_id} no longer exists"))
-            return SignIn(url, known, ProvisionAction.NONE)
+            return SignIn(url, known, ProvisionAction.NONE,
+                          link_reusable_until(self.settings.expires_in, minted_at))
         if known is not None:
             user = await self._json("get_user", "GET", f"/user/{known.user_id}",
                                     idempotent=True, missing=AccountGone(
@@ -235,35 +236,18 @@ class DamstraConnector:
                 action = action if action is ProvisionAction.REACTIVATED else (
                     ProvisionAction.UPDATED)
             in_line = update is None or self.app.update_on_login
+        minted_at = time.time()
         url = await self._login_url(user_id, missing=AccountGone(
             f"damstra: user {user_id} disappeared during sign-in"))
         # The digest says "the account is in line with this profile"; a stale marker makes
         # the next sign-in look again once update_on_login is switched on.
-        return SignIn(url, LmsAccount(user_id, profile.digest() if in_line else "stale"), action)
+        return SignIn(url, LmsAccount(user_id, profile.digest() if in_line else "stale"), action,
+                      link_reusable_until(self.settings.expires_in, minted_at))
 
     async def _find_or_create(self, profile: Profile) -> tuple[dict[str, Any], ProvisionAction]:
-        if self.app.match_by == "employee_number":
-            if not profile.employee_number:
-                raise AccessDenied("damstra: app matches by employee number; IdP sent none")
-            params, field, want = {"empId": profile.employee_number}, "employeeNumber", (
-                profile.employee_number)
-        else:
-            params, field, want = {"emailAddress": profile.email}, "emailAddress", profile.email
-        params.update(activeValue="all", startIndex="0", maxResults="10")
-        body = await self._json("search_users", "GET", "/user", params=params, idempotent=True)
-        results = body.get("results") if isinstance(body, dict) else None
-        if not isinstance(results, list):
-            raise ConnectorError("damstra search_users: answer has no results list")
-        # Search is documented as exact; check anyway rather than take a near match.
-        fold = str.lower if field == "emailAddress" else str
-        matches = [u for u in results if isinstance(u, dict) and _id(u.get("id")) is not None
-                   and isinstance(u.get(field), str) and fold(u[field]) == fold(want)]
-        if len(matches) > 1:
-            ids = ", ".join(str(u["id"]) for u in matches[:5])
-            raise AmbiguousAccount(f"damstra: {len(matches)} users match by {field} ({ids})")
-        if matches:
-            user = matches[0]
-            excess = _excess_roles(user, role_id(profile.role))
+        user = await self._search_match(profile)
+        if user is not None:
+            excess = excess_roles(user, {role_id(profile.role)})
             if excess:
                 refuse_privileged(self.app_name, self.app, lms_user_id=str(_id(user["id"])),
                                   why=", ".join(excess))

@@ -33,10 +33,15 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from gateway.connectors._accounts import refuse_privileged
 from gateway.connectors._http import LmsHttp, json_body, same_origin
 from gateway.connectors.base import LmsAccount, ProvisionAction, SignIn
+from gateway.connectors.litmos_users import LITMOS_ID as _ID
+from gateway.connectors.litmos_users import LitmosLifecycle
+from gateway.connectors.litmos_users import checked_user as _user
+from gateway.connectors.litmos_users import level as _level
 from gateway.errors import (
     AccountGone,
     AccountInactive,
     ConfigError,
+    Conflict,
     ConnectorError,
     UnsafeTarget,
 )
@@ -48,8 +53,6 @@ REGION_URLS = {
     "eu": "https://api.litmoseu.com/v1.svc",
     "au": "https://api.litmos.com.au/v1.svc",
 }
-# Litmos ids are short alphanumeric strings; anything else from the LMS is not put in a path.
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _COURSE_TARGET = re.compile(r"^course:([0-9]{1,12})$")
 _MAX_LOGIN_KEY = 512  # documented maximum length of a LoginKey URL
 # Fields sent back on PUT: Litmos replaces the user with the body, so the current values go
@@ -68,8 +71,17 @@ def _unescape(value: Any) -> Any:
     return value
 
 
-class LitmosConnector:
-    """One Litmos company."""
+class LitmosConnector(LitmosLifecycle):
+    """One Litmos company (Connector; LifecycleCapable through ``litmos_users.py``)."""
+
+    # "Litmos API overview", API Usage Limits: over 100 requests in a rolling minute "the API
+    # will return HTTP 503 (Service Unavailable) - Rating Limit Exceeded".
+    rate_limit_statuses = frozenset({429, 503})
+
+    def first_sign_in_calls(self, profile: Profile) -> int:
+        """LMS calls a first sign-in needs (reserved at once by the budget): look the
+        username up, create, then one call per team (the LoginKey comes with the user)."""
+        return 2 + len(dict.fromkeys((*self.settings.teams, *profile.groups)))
 
     def __init__(
         self, app_name: str, app: AppSettings, http: LmsHttp, *, dev_mode: bool = False
@@ -80,6 +92,7 @@ class LitmosConnector:
         self.app = app
         self.settings: LitmosSettings = app.litmos
         self.http = http
+        http.rate_limit_statuses = self.rate_limit_statuses
         self.dev_mode = dev_mode
         self._base = (self.settings.api_url or REGION_URLS[self.settings.region]).rstrip("/")
 
@@ -155,18 +168,7 @@ class LitmosConnector:
         if user is not None:
             self._check_adoptable(user, profile)
             return await self._existing(user, profile, refresh=True)
-        is_custom = profile.username.lower() != profile.email.lower()
-        body = {
-            "UserName": profile.username,
-            "FirstName": profile.first_name,
-            "LastName": profile.last_name,
-            "Email": profile.email,
-            "AccessLevel": profile.role or "Learner",
-            "DisableMessages": True,
-            "Active": True,
-            "SkipFirstLogin": True,
-            "IsCustomUsername": is_custom,
-        }
+        body = self.new_user_body(profile)
         status, answer = await self._call(
             "create_user", "POST", "/users", idempotent=False, ok=(201, 200), passthrough=(409,),
             body=body,
@@ -256,19 +258,15 @@ class LitmosConnector:
         body.update(changes)
         body["Id"] = user["Id"]
         status, _ = await self._call(operation, "PUT", f"/users/{user['Id']}", idempotent=True,
-                                     passthrough=(404,), body=body)
+                                     passthrough=(404, 409), body=body)
         if status == 404:
             raise AccountGone(f"{operation}: Litmos user no longer exists")
+        if status == 409:
+            raise Conflict(f"{operation}: another Litmos user has this UserName")
 
     async def _add_to_teams(self, user: dict[str, Any], profile: Profile) -> None:
-        teams = list(dict.fromkeys((*self.settings.teams, *profile.groups)))
-        for team_id in teams:
-            if not _ID.fullmatch(team_id):
-                raise ConnectorError("Litmos team ids must be short alphanumeric ids")
-            member = {"Id": user["Id"], "UserName": user.get("UserName", ""),
-                      "FirstName": user.get("FirstName", ""), "LastName": user.get("LastName", "")}
-            await self._call("add_team_user", "POST", f"/teams/{team_id}/users",
-                             idempotent=True, ok=(201, 200), body=[member])
+        await self._join_teams(user, list(dict.fromkeys((*self.settings.teams,
+                                                         *profile.groups))))
 
     # -- sign-in link ----------------------------------------------------------------
 
@@ -291,12 +289,6 @@ class LitmosConnector:
         return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _level(access_level: str) -> str:
-    """An AccessLevel compared loosely: the document writes "TeamLeader" and "Account Owner",
-    the API's JSON ``Team_Leader`` / ``Account_Owner``."""
-    return "".join(c for c in access_level.lower() if c.isascii() and c.isalnum())
-
-
 def _course(target: str | None) -> str | None:
     """The course OriginalId of a ``course:<id>`` target; other targets are refused."""
     if target is None:
@@ -305,13 +297,3 @@ def _course(target: str | None) -> str | None:
     if match is None:
         raise UnsafeTarget("Litmos targets must be course:<OriginalId>")
     return match.group(1)
-
-
-def _user(body: Any, operation: str) -> dict[str, Any]:
-    """A user object from Litmos, with an Id we are willing to put in a URL path."""
-    if not isinstance(body, dict):
-        raise ConnectorError(f"{operation}: Litmos answer is not a user object")
-    user_id = body.get("Id")
-    if not isinstance(user_id, str) or not _ID.fullmatch(user_id):
-        raise ConnectorError(f"{operation}: Litmos user id has an unexpected form")
-    return body

@@ -27,20 +27,32 @@ one costs two, because ``get_user`` first checks the existing account's role (se
   (and 1 for every sign-in when ``adopt_privileged_accounts`` is on).
 * A cached account is the account of the cached e-mail: when the IdP now sends another
   e-mail address, that is another SkyPrep account and is treated as a first sign-in.
-* Revalidation (``verify``) adds nothing: SkyPrep documents no deactivated state, and
+* Deactivated accounts: SkyPrep has no active flag; a leaver's access window ends
+  (``access_end_date`` in the past, see ``skyprep_users.py``). The ``get_user`` a first
+  sign-in makes anyway (and ``verify``, which adds that one call for a cached account) sees
+  it: the window is reopened (``update_user`` clears the end date, one more call) when the
+  app reactivates, else AccountInactive. With ``adopt_privileged_accounts`` a first sign-in
+  reads nothing, and SkyPrep's own page refuses a link of an ended account.
   ``get_login_key`` re-creates a deleted account (or answers 404 without autocreate).
+* Link reuse (``gateway/links.py``): a ``daily`` key is valid for its whole UTC day, so the
+  SignIn says it is reusable until the day ends (minus a margin); ``time`` and ``otl`` keys
+  never are.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gateway.connectors._accounts import numeric_id, refuse_privileged
 from gateway.connectors._http import LmsHttp, json_body, same_origin
-from gateway.connectors.base import LmsAccount, ProvisionAction, SignIn
+from gateway.connectors.base import REUSE_MARGIN_SECONDS, LmsAccount, ProvisionAction, SignIn
+from gateway.connectors.skyprep_users import SkyPrepLifecycle, access_open, excess_role
+from gateway.connectors.skyprep_users import join_groups as _groups
 from gateway.errors import (
     AccessDenied,
     AccountGone,
+    AccountInactive,
     ConfigError,
     ConnectorError,
     UnsafeTarget,
@@ -49,8 +61,26 @@ from gateway.identity import Profile
 from gateway.settings import AppSettings, SkyPrepSettings
 
 
-class SkyPrepConnector:
-    """One SkyPrep tenant."""
+def daily_key_reusable_until(minted_at: float) -> float | None:
+    """Until when a ``daily`` key minted at ``minted_at`` may be handed out again: SkyPrep's
+    daily key is valid for the UTC day it was issued on (and ``get_login_key`` answers the same
+    key all that day), so until that day ends, minus REUSE_MARGIN_SECONDS; None when less
+    than the margin is left."""
+    until = (minted_at // 86400 + 1) * 86400 - REUSE_MARGIN_SECONDS
+    return until if until > minted_at else None
+
+
+class SkyPrepConnector(SkyPrepLifecycle):
+    """One SkyPrep tenant (Connector; LifecycleCapable through ``skyprep_users.py``)."""
+
+    # "SkyPrep's APIs are limited to 100 API calls per minute" (Introduction to SkyPrep APIs)
+    # without naming the answer; 429 is assumed. A 503 is an outage, not "slow down".
+    rate_limit_statuses = frozenset({429})
+
+    def first_sign_in_calls(self, profile: Profile) -> int:
+        """LMS calls a first sign-in needs (reserved at once by the budget): get_user then
+        get_login_key; get_login_key alone when privileged accounts are adopted anyway."""
+        return 1 if self.app.adopt_privileged_accounts else 2
 
     def __init__(
         self, app_name: str, app: AppSettings, http: LmsHttp, *, dev_mode: bool = False
@@ -61,6 +91,7 @@ class SkyPrepConnector:
         self.app = app
         self.settings: SkyPrepSettings = app.skyprep
         self.http = http
+        http.rate_limit_statuses = self.rate_limit_statuses
         self.dev_mode = dev_mode
         self._base = self.settings.api_url.rstrip("/")
         self._link_host = self.settings.login_host or self.settings.acct_key
@@ -100,40 +131,44 @@ class SkyPrepConnector:
         digest = profile.digest()
         if known is not None and known.user_id != profile.email.lower():
             known = None  # another e-mail is another SkyPrep account: check it afresh
-        if known is None and not self.app.adopt_privileged_accounts:
-            await self._check_adoptable(profile)
+        adopt = self.app.adopt_privileged_accounts
+        if (known is None and not adopt) or (known is not None and verify):
+            if await self._check_adoptable(profile, check_role=not adopt):
+                action = ProvisionAction.REACTIVATED
         if known is not None and known.profile_digest != digest and self.app.update_on_login:
             if await self._update(profile):
                 action = ProvisionAction.UPDATED
             elif not self.settings.autocreate:
                 raise AccountGone("update_user: cached SkyPrep user no longer exists")
+        minted_at = time.time()
         url = await self._login_key(profile, known)
-        return SignIn(url, LmsAccount(profile.email.lower(), digest), action)
+        reusable = (daily_key_reusable_until(minted_at) if self.settings.key_type == "daily"
+                    else None)  # "time" keys' lifetime is not ours to know; "otl": one use
+        return SignIn(url, LmsAccount(profile.email.lower(), digest), action, reusable)
 
-    async def _check_adoptable(self, profile: Profile) -> None:
+    async def _check_adoptable(self, profile: Profile, *, check_role: bool = True) -> bool:
         """``get_user`` by e-mail: nothing (404) or a learner passes; anyone else is refused
-        before get_login_key could sign the browser in as them."""
-        status, body = await self._post("get_user", {"user_email": profile.email},
-                                        idempotent=True, passthrough=(404,))
-        if status == 404:
-            return
-        if not isinstance(body, dict):
-            raise ConnectorError("get_user: answer is not a JSON object")
-        email = body.get("email")
-        if email is not None and (not isinstance(email, str)
-                                  or email.lower() != profile.email.lower()):
-            raise ConnectorError("get_user: answer is for another user")
+        before get_login_key could sign the browser in as them. An account whose access
+        ended is reopened (True) or refused with AccountInactive, per the app."""
+        body = await self._read_user({"user_email": profile.email})
+        if body is None:
+            return False
         # The reference's get_user sample shows no "role" (it ends in "//More JSON data");
         # create_user's answer does. An answer without the key is read as SkyPrep's default
         # role, learner: refusing it would lock out every existing account on a tenant whose
         # get_user omits roles. A role that is present must be one we allow.
-        role = body.get("role", "learner")
-        allowed = {"learner", (profile.role or "learner").strip().lower()}
-        if isinstance(role, str) and role.strip().lower() in allowed:
-            return
-        refuse_privileged(self.app_name, self.app,
-                          lms_user_id=numeric_id(body.get("id")) or "unknown",
-                          why=role if isinstance(role, str) else "unreadable role")
+        role = excess_role(body, {"learner", (profile.role or "learner").strip().lower()})
+        if role is not None and check_role:
+            refuse_privileged(self.app_name, self.app,
+                              lms_user_id=numeric_id(body.get("id")) or "unknown", why=role)
+        if access_open(body):
+            return False
+        if not self.app.reactivate:
+            raise AccountInactive("skyprep: the user's access has ended; app forbids "
+                                  "reactivation")
+        await self._post("update_user", {"user_email": profile.email, "access_end_date": ""},
+                         idempotent=True)
+        return True
 
     async def _update(self, profile: Profile) -> bool:
         """``update_user``; False when SkyPrep has no such user (404)."""
@@ -189,12 +224,3 @@ class SkyPrepConnector:
 
     async def aclose(self) -> None:
         await self.http.client.aclose()
-
-
-def _groups(groups: tuple[str, ...]) -> str:
-    """``;``-joined group names; a name containing ``;`` would split into two groups, so
-    such names are refused rather than silently changing meaning."""
-    for group in groups:
-        if ";" in group or not group.strip():
-            raise ConnectorError("SkyPrep group names may not be empty or contain ';'")
-    return ";".join(groups)

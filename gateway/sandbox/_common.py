@@ -244,8 +244,19 @@ def _bind_free_port() -> socket.socket:
     return sock
 
 
-def _server(app: ASGIApp, log_level: str) -> uvicorn.Server:
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="auto")
+@dataclass(frozen=True)
+class ServerTls:
+    """A certificate chain and its key (PEM files) to serve HTTPS with."""
+
+    cert_file: str
+    key_file: str
+
+
+def _server(app: ASGIApp, log_level: str, tls: ServerTls | None = None) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, lifespan="auto",
+        ssl_certfile=tls.cert_file if tls else None, ssl_keyfile=tls.key_file if tls else None,
+    )  # fmt: skip
     return _QuietServer(config)
 
 
@@ -256,13 +267,17 @@ def bind_port() -> socket.socket:
 
 
 def serve_in_thread(
-    app: ASGIApp, sock: socket.socket | None = None, log_level: str = "warning"
+    app: ASGIApp,
+    sock: socket.socket | None = None,
+    log_level: str = "warning",
+    tls: ServerTls | None = None,
 ) -> Served:
-    """Serve ``app`` on 127.0.0.1 (free port, or ``sock``) in a daemon thread; returns
-    once it accepts connections. Stop it with :meth:`Served.stop`."""
+    """Serve ``app`` on 127.0.0.1 (free port, or ``sock``) in a daemon thread, over HTTPS
+    when ``tls`` is given; returns once it accepts connections. Stop it with
+    :meth:`Served.stop`."""
     sock = sock or _bind_free_port()
     port = sock.getsockname()[1]
-    server = _server(app, log_level)
+    server = _server(app, log_level, tls)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"sim-{port}"
     )
@@ -272,21 +287,27 @@ def serve_in_thread(
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"server on 127.0.0.1:{port} did not start")
         time.sleep(0.01)
-    return Served(f"http://127.0.0.1:{port}", port, server, _thread=thread)
+    scheme = "https" if tls else "http"
+    return Served(f"{scheme}://127.0.0.1:{port}", port, server, _thread=thread)
 
 
 async def serve_task(
-    app: ASGIApp, sock: socket.socket | None = None, log_level: str = "warning"
+    app: ASGIApp,
+    sock: socket.socket | None = None,
+    log_level: str = "warning",
+    tls: ServerTls | None = None,
 ) -> Served:
-    """Serve ``app`` on 127.0.0.1 as a task of the running event loop (for ``gateway demo``);
-    returns once it accepts connections. Stop it with :meth:`Served.astop`."""
+    """Serve ``app`` on 127.0.0.1 as a task of the running event loop (for ``gateway demo``),
+    over HTTPS when ``tls`` is given; returns once it accepts connections. Stop it with
+    :meth:`Served.astop`."""
     sock = sock or _bind_free_port()
     port = sock.getsockname()[1]
-    server = _server(app, log_level)
+    server = _server(app, log_level, tls)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"sim-{port}")
     deadline = time.monotonic() + 10
     while not server.started:
         if task.done() or time.monotonic() > deadline:
             raise RuntimeError(f"server on 127.0.0.1:{port} did not start")
         await asyncio.sleep(0.01)
-    return Served(f"http://127.0.0.1:{port}", port, server, _task=task)
+    scheme = "https" if tls else "http"
+    return Served(f"{scheme}://127.0.0.1:{port}", port, server, _task=task)

@@ -9,9 +9,12 @@ silent the simulator makes one plain choice and says so here:
   of the documented "Group not found" error, validation problems with 400, and too many calls
   with 429 + ``Retry-After`` (the rate limit itself is undocumented; default 100 per minute).
 * Create and update user paths are missing from the saved page; like the group endpoints they
-  are ``POST /user`` and ``POST /user/{id}`` (``PUT`` accepted too).
+  are ``POST /user`` and ``POST /user/{id}`` (``PUT`` accepted too). ``GET /group/{id}/member``
+  (documented) lists the users whose ``groups`` hold the group.
 * ``generate_login_url`` is documented as the bare ``touch_token_url``; by default the
   simulator answers a JSON string. ``login_url_form`` switches to a JSON object or plain text.
+* A magic link (``generate_login_url``) works for its whole ``expiresIn`` ("day" is 24 hours
+  from minting), however often it is opened (the reference documents no single use).
 * The real player URL is a single-page-app fragment route (``/#player/4321?...``); the
   simulator renders its pages server-side, so its player links use the path ``/player/{id}``.
 """
@@ -247,6 +250,8 @@ class DamstraSimulator:
             Route(f"{p}/user/{{uid}}/inactivate", api("inactivate_user", self._inactivate),
                   methods=["POST"]),
             Route(f"{p}/bulkUserImport", api("bulk_import", self._bulk), methods=["POST"]),
+            Route(f"{p}/group/{{gid}}/member", api("group_members", self._group_members),
+                  methods=["GET"]),
             Route(f"{p}/user/{{uid}}/generate_login_url",
                   api("generate_login_url", self._login_url), methods=["POST"]),
             Route(f"{p}/user/{{uid}}/lesson_schedule",
@@ -317,6 +322,20 @@ class DamstraSimulator:
                                       for k in ("userName", "firstName", "lastName")):
                 continue
             found.append(self._public(user))
+        start, end = self._page(request, len(found))
+        meta = {"totalResultCount": len(found), "startIndex": start, "endIndex": max(start, end)}
+        return JSONResponse({"results": found[start:end], "meta": meta})
+
+    async def _group_members(self, request: Request, _: Any) -> Response:
+        """``GET /group/{groupId}/member``: the users whose ``groups`` hold the group (this
+        simulator keeps no group registry, so an unknown group simply has no members)."""
+        raw = request.path_params["gid"]
+        if not _ascii_id(raw):
+            raise _Problem(404, {"message": f"Group with id {raw[:20]} not found",
+                                 "reason": "Group not found", "internalCode": 842,
+                                 "statusCode": 404})
+        found = [self._public(u) for u in self.users.values()
+                 if any(g.get("id") == int(raw) for g in u["groups"])]
         start, end = self._page(request, len(found))
         meta = {"totalResultCount": len(found), "startIndex": start, "endIndex": max(start, end)}
         return JSONResponse({"results": found[start:end], "meta": meta})
@@ -430,7 +449,8 @@ class DamstraSimulator:
         if link is None or link.schedule_id is not None:
             return HTMLResponse("<!doctype html><title>Damstra Learning</title>"
                                 "<p>This sign-in link is not valid.</p>", 403, headers=headers)
-        self._links.pop(request.query_params["token"], None)  # magic links are single-use
+        # Assumed: a magic link works until its expiresIn ends (the reference documents only
+        # when it expires, not a single use), as the connector's link reuse assumes too.
         user = self.users[link.user_id]
         if user["clientStatusId"] != ACTIVE:
             return HTMLResponse("<!doctype html><p>This account is not current.</p>", 403,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
 import signal
 import socket
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,10 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from gateway.config import parse_settings
-from gateway.sandbox._common import Served, bind_port, serve_task
+from gateway.config import load_settings
+from gateway.sandbox._common import Served, ServerTls, bind_port, serve_task
 from gateway.sandbox.damstra import DamstraSimulator
+from gateway.sandbox.demo_files import DemoFiles, write_demo_files
 from gateway.sandbox.employees import (
     DEMO_ALLOWED_GROUPS,
     DEMO_EMAIL_DOMAIN,
@@ -43,6 +44,9 @@ DAMSTRA_KEY = "demo-damstra-access-key"
 LITMOS_KEY = "demo-litmos-api-key"
 OIDC_CLIENT_ID = "gateway-demo"
 PORTAL_TOKEN = "demo-portal-token"
+# Demo-only SCIM bearer credentials, one per demo IdP (config holds their hashes).
+SCIM_TOKENS = {"demo-oidc": "demo-scim-token-oidc", "demo-saml": "demo-scim-token-saml"}
+SCIM_APPS = ("skyprep", "damstra", "litmos")
 
 
 @dataclass
@@ -62,6 +66,10 @@ class DemoStack:
     workdir: tempfile.TemporaryDirectory[str] | None = None
     # The operator listener: /metrics and detailed /readyz (not on the public gateway URL).
     operator_url: str = ""
+    # The configuration file the gateway was loaded from, and its secrets' .env beside it.
+    files: DemoFiles | None = None
+    # Bob Brown's "Site safety induction" lesson schedule (the portal examples use it).
+    lesson_schedule_id: int = 0
 
     async def stop(self) -> None:
         # The gateway (started last) first, so its LMS/IdP connections close; then the rest
@@ -73,14 +81,44 @@ class DemoStack:
             self.workdir.cleanup()
 
 
+class PortInUse(OSError):
+    """A port the demo needs is taken (``gateway demo`` turns this into one line)."""
+
+    def __init__(self, port: int, first: int, last: int) -> None:
+        super().__init__(errno.EADDRINUSE, f"port {port} is in use")
+        self.port, self.first, self.last = port, first, last
+
+
 def _bind(port: int) -> socket.socket:
     if port == 0:
         return bind_port()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    try:
+        sock.bind(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
     sock.listen(1024)
     return sock
+
+
+def _bind_all(port: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on ``port`` and the following ports (0: any free ports)."""
+    socks: list[socket.socket] = []
+    try:
+        for i in range(count):
+            try:
+                socks.append(_bind(port + i if port else 0))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise PortInUse(port + i, port, port + count - 1) from None
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def demo_config(
@@ -106,6 +144,8 @@ def demo_config(
         "allowed_email_domains": [DEMO_EMAIL_DOMAIN, DEMO_SAML_EMAIL_DOMAIN],
         "required_groups": list(DEMO_ALLOWED_GROUPS),
         "group_idps": idps,
+        # The IdPs provision these apps over SCIM: a sign-in must not undo a deactivation.
+        "reactivate": False,
     }
     budget = {"calls_per_minute": calls_per_minute, "max_wait_seconds": 5.0}
     return {
@@ -127,6 +167,7 @@ def demo_config(
                 "claims": {"employee_number": "employee_number"},
                 "email_domains": [DEMO_EMAIL_DOMAIN],
                 "end_session": True,
+                "scim": _scim("demo-oidc"),
             },
             "demo-saml": {
                 "type": "saml",
@@ -135,6 +176,7 @@ def demo_config(
                 "metadata_file": saml_metadata_file,
                 "email_domains": [DEMO_SAML_EMAIL_DOMAIN],
                 "allow_idp_initiated": True,
+                "scim": _scim("demo-saml"),
                 "default_app": "skyprep",
             },
         },
@@ -197,6 +239,11 @@ def demo_config(
     }
 
 
+def _scim(idp: str) -> dict[str, Any]:
+    token_hash = hashlib.sha256(SCIM_TOKENS[idp].encode()).hexdigest()
+    return {"token_hashes": [f"sha256:{token_hash}"], "apps": list(SCIM_APPS)}
+
+
 def _portal_app(gateway: str, lesson_schedule_id: int) -> Starlette:
     """A stand-in company intranet page that embeds a lesson player in an iframe."""
     frame = f"{gateway}/embed/damstra/lesson-schedules/{lesson_schedule_id}"
@@ -220,9 +267,20 @@ async def start_demo(
     calls_per_minute: int = 100,
     environ: dict[str, str] | None = None,
     saml_email_domain: str = DEMO_SAML_EMAIL_DOMAIN,
+    config_path: str | None = None,
+    tls: ServerTls | None = None,
+    ca_file: str | None = None,
 ) -> DemoStack:
     """Start the whole demo on 127.0.0.1: the gateway on ``port`` (0 = any free port), the
     other servers on the following ports (or free ports).
+
+    With ``tls`` (tests): production settings. Every server but the operator listener
+    serves HTTPS with that certificate, the gateway trusts ``ca_file`` (its issuer) through
+    ``[gateway] ca_file`` only, ``dev_mode`` is off and cookies are ``Secure``/``__Host-``.
+
+    The configuration is written as TOML (``config_path``, default ``gateway-demo.toml`` in
+    the demo's temporary directory; secrets in a ``.env`` beside it) and the gateway loads
+    that file, so what an admin reads there is what runs.
 
     ``saml_email_domain`` is the domain the demo SAML IdP issues addresses in; the config
     always makes it authoritative for :data:`DEMO_SAML_EMAIL_DOMAIN` only, so tests can turn
@@ -230,9 +288,18 @@ async def start_demo(
     # The sandbox imports the gateway, never the reverse.
     from gateway.app import create_app, create_operator_app
 
-    socks = [_bind(port + i if port else 0) for i in range(8)]
-    urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    socks = _bind_all(port, 8)
+    # The operator listener (last) stays plain HTTP: it is never published.
+    schemes = ["https" if tls else "http"] * 7 + ["http"]
+    urls = [
+        f"{scheme}://127.0.0.1:{s.getsockname()[1]}"
+        for scheme, s in zip(schemes, socks, strict=True)
+    ]
     gateway, oidc, saml, skyprep_url, damstra_url, litmos_url, portal, operator = urls
+    # The portal page is on another site than the gateway (localhost vs 127.0.0.1), as an
+    # intranet is: its lesson frame then shows the real cross-site sign-in (popup + frame
+    # credential), which a same-site demo would skip.
+    portal = portal.replace("://127.0.0.1:", "://localhost:", 1)
     workdir = tempfile.TemporaryDirectory(prefix="gateway-demo-")
     client_secret = secrets.token_urlsafe(24)
 
@@ -254,8 +321,7 @@ async def start_demo(
         idp_initiated_relay_state="skyprep",
         email_domain=saml_email_domain,
     )
-    metadata_file = Path(workdir.name) / "demo-saml-idp.xml"
-    metadata_file.write_bytes(saml_idp.metadata)
+    files = DemoFiles.at(config_path or Path(workdir.name) / "gateway-demo.toml")
     skyprep = SkyPrepSimulator(SKYPREP_KEY, "demo.skyprepapp.com", login_base_url=skyprep_url)
     damstra = DamstraSimulator(DAMSTRA_KEY, login_base_url=damstra_url)
     litmos = LitmosSimulator(LITMOS_KEY, login_base_url=litmos_url)
@@ -265,18 +331,19 @@ async def start_demo(
     litmos.add_course("Code of conduct")
     litmos.add_team("Safety team", "safety")
 
-    env = {
-        **(environ or os.environ),
+    # Every secret the configuration references; also written to the .env file.
+    demo_secrets = {
         "GATEWAY_SIGNING_KEY": secrets.token_hex(32),
         "DEMO_OIDC_SECRET": client_secret,
         "DEMO_SKYPREP_KEY": SKYPREP_KEY,
         "DEMO_DAMSTRA_KEY": DAMSTRA_KEY,
         "DEMO_LITMOS_KEY": LITMOS_KEY,
     }
+    env = {**(environ or os.environ), **demo_secrets}
     config = demo_config(
         gateway=gateway,
         oidc=oidc,
-        saml_metadata_file=str(metadata_file),
+        saml_metadata_file=str(files.saml_metadata),
         skyprep=skyprep_url,
         damstra=damstra_url,
         litmos=litmos_url,
@@ -284,7 +351,10 @@ async def start_demo(
         store=store,
         calls_per_minute=calls_per_minute,
     )
-    settings = parse_settings(config, env)
+    if tls is not None:
+        config["gateway"].update(dev_mode=False, cookie_secure=True, ca_file=ca_file)
+    write_demo_files(files, config, demo_secrets, saml_idp.metadata)
+    settings = load_settings(str(files.config), env)
     gateway_app = create_app(settings)
     stack = DemoStack(
         gateway,
@@ -298,6 +368,8 @@ async def start_demo(
         gateway_app,
         workdir=workdir,
         operator_url=operator,
+        files=files,
+        lesson_schedule_id=induction,
     )
     try:
         # IdPs and LMSs first: the gateway fetches discovery when it starts.
@@ -311,7 +383,8 @@ async def start_demo(
             (create_operator_app(gateway_app), socks[7]),
             (gateway_app, socks[0]),
         ):
-            stack.servers.append(await serve_task(app, sock))
+            https = tls if sock is not socks[7] else None
+            stack.servers.append(await serve_task(app, sock, tls=https))
     except BaseException:
         await stack.stop()
         raise
@@ -336,14 +409,58 @@ def banner(stack: DemoStack) -> str:
             f"  {stack.saml_url}/          the demo SAML IdP (IdP-initiated sign-in)",
             f"  {stack.operator_url}/metrics   metrics (operator listener; not public)",
             "Pick any employee; Dana Visitor shows the access-denied page.",
+            *_config_lines(stack),
+            *_portal_lines(stack),
+            *_scim_lines(stack),
             "",
         ]
     )
 
 
-def run_demo(port: int = 8000, argv: Sequence[str] = ()) -> int:
+def _config_lines(stack: DemoStack) -> list[str]:
+    if stack.files is None:
+        return []
+    return [
+        "",
+        f"Configuration it runs: {stack.files.config}",
+        f"(secrets as env references; their demo values in {stack.files.env}). Check it:",
+        *(f"  {line}" for line in stack.files.check_commands()),
+    ]
+
+
+def _portal_lines(stack: DemoStack) -> list[str]:
+    """The portal back-end API with the demo portal's bearer token, ready to paste."""
+    name, portal = next(iter(stack.settings.portal.items()))
+    app = portal.apps[0]
+    api = f"{stack.gateway_url}/api/v1/apps/{app}/lesson-schedules"
+    employee = "employee=bob.brown@example.com"
+    return [
+        "",
+        f"Portal back-end API ([portal.{name}], app {app}); its bearer token:",
+        f"  TOKEN={PORTAL_TOKEN}",
+        f'  curl -H "Authorization: Bearer $TOKEN" "{api}?{employee}&status=due"',
+        f'  curl -H "Authorization: Bearer $TOKEN" '
+        f'"{api}/{stack.lesson_schedule_id}/embed?{employee}"',
+    ]
+
+
+def _scim_lines(stack: DemoStack) -> list[str]:
+    """Each app's SCIM base URL and each demo IdP's bearer token (SCIM clients, scim2-cli)."""
+    return [
+        "",
+        "SCIM 2.0 provisioning (Users), one base URL per app:",
+        *(f"  {stack.gateway_url}/scim/v2/{app}" for app in SCIM_APPS),
+        *(f"  bearer token of IdP {idp} (users @{domain}): {SCIM_TOKENS[idp]}"
+          for idp, domain in (("demo-oidc", DEMO_EMAIL_DOMAIN),
+                              ("demo-saml", DEMO_SAML_EMAIL_DOMAIN))),
+    ]
+
+
+def run_demo(port: int = 8000, write_config: str | None = None) -> int:
+    """``gateway demo``: run until Ctrl-C. Raises :class:`PortInUse` when a port is taken."""
+
     async def main() -> None:
-        stack = await start_demo(port)
+        stack = await start_demo(port, config_path=write_config)
         print(banner(stack), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -7,7 +7,9 @@ and Litmos' public SSO documentation on the user's ``LoginKey``.
 * Users: ``GET /users`` (search, start, limit, sort, dir), ``GET /users/{id-or-username}``,
   ``POST /users`` (201 with the whole user incl. Id, OriginalId, LoginKey; 409 when the
   username exists), ``PUT /users/{id}``, ``DELETE /users/{id}``.
-* Teams: ``GET /teams``, ``POST /teams/{id}/users``. Courses: ``GET /courses``,
+* Teams: ``GET /teams``, ``GET``/``POST /teams/{id}/users``, ``DELETE /teams/{id}/users/{user-id}``
+  and ``GET /users/{id}/teams`` (the overview only names "Add & Remove Users from a Team";
+  the paths are those of Litmos' public API pages). Courses: ``GET /courses``,
   ``GET /courses/{id}``.
 * String values in JSON answers are HTML-escaped like the real Litmos (``O&#39;Brien``).
 * ``LoginKey`` is ``<login_base_url>/login.aspx?loginkey=<guid>``; using it at
@@ -123,7 +125,11 @@ class LitmosSimulator:
             Route(f"{base}/users", self._users, methods=["GET", "POST"]),
             Route(f"{base}/users/{{key}}", self._user, methods=["GET", "PUT", "DELETE"]),
             Route(f"{base}/teams", self._teams, methods=["GET"]),
-            Route(f"{base}/teams/{{team_id}}/users", self._team_users, methods=["POST"]),
+            Route(f"{base}/teams/{{team_id}}/users", self._team_users,
+                  methods=["GET", "POST"]),
+            Route(f"{base}/teams/{{team_id}}/users/{{user_id}}", self._team_user,
+                  methods=["DELETE"]),
+            Route(f"{base}/users/{{key}}/teams", self._user_teams, methods=["GET"]),
             Route(f"{base}/courses", self._courses, methods=["GET"]),
             Route(f"{base}/courses/{{course_id}}", self._course, methods=["GET"]),
             Route("/login.aspx", self._login_page, methods=["GET"]),
@@ -299,12 +305,14 @@ class LitmosSimulator:
             request, [{"Id": t.Id, "Name": t.Name} for t in self.teams.values()], root="Teams")
 
     async def _team_users(self, request: Request) -> Response:
-        refused = await self._guard(request, "POST /teams/{id}/users")
+        refused = await self._guard(request, f"{request.method} /teams/{{id}}/users")
         if refused is not None:
             return refused
         team = self.teams.get(request.path_params["team_id"])
         if team is None:
             return _error(404, "Team not found")
+        if request.method == "GET":
+            return self._members(request, team)
         try:
             body = await self._json(request)
         except _Bad as exc:
@@ -316,6 +324,46 @@ class LitmosSimulator:
             return _error(404, "User not found")
         team.members.update(ids)
         return Response(status_code=201)
+
+    def _members(self, request: Request, team: LitmosTeam) -> Response:
+        """``GET /teams/{id}/users`` (Litmos' Team Users page), paged like ``GET /users``."""
+        q = request.query_params
+        try:
+            start, limit = int(q.get("start", "0")), int(q.get("limit", "100"))
+        except ValueError:
+            return _error(400, "start and limit must be numbers")
+        if start < 0 or not 1 <= limit <= 1000:
+            return _error(400, "start must be 0+ and limit 1-1000")
+        members = sorted((self.users[i] for i in team.members if i in self.users),
+                         key=lambda u: u.UserName.lower())
+        rows = [{k: u.as_json()[k] for k in ("Id", "UserName", "FirstName", "LastName",
+                                             "Active", "Email", "AccessLevel")}
+                for u in members[start:start + limit]]
+        return self._out(request, rows, root="Users")
+
+    async def _team_user(self, request: Request) -> Response:
+        refused = await self._guard(request, "DELETE /teams/{id}/users/{id}")
+        if refused is not None:
+            return refused
+        team = self.teams.get(request.path_params["team_id"])
+        if team is None:
+            return _error(404, "Team not found")
+        user_id = request.path_params["user_id"]
+        if user_id not in self.users:
+            return _error(404, "User not found")
+        team.members.discard(user_id)
+        return Response(status_code=200)
+
+    async def _user_teams(self, request: Request) -> Response:
+        refused = await self._guard(request, "GET /users/{id}/teams")
+        if refused is not None:
+            return refused
+        user = self.users.get(request.path_params["key"])
+        if user is None:
+            return _error(404, "User not found")
+        teams = [{"Id": t.Id, "Name": t.Name} for t in self.teams.values()
+                 if user.Id in t.members]
+        return self._out(request, teams, root="Teams")
 
     def _course_json(self, c: LitmosCourse) -> dict[str, Any]:
         return {"Id": c.Id, "OriginalId": c.OriginalId, "Name": c.Name, "Code": c.Code,

@@ -2,7 +2,16 @@
 SkyPrep APIs" and its Admin API reference.
 
 * ``/admin/api/<action>`` by GET or POST: ``test_connection``, ``get_login_key``,
-  ``create_user``, ``update_user``, ``get_user``, ``get_users``, ``destroy_user``.
+  ``create_user``, ``update_user``, ``get_user``, ``get_users``, ``destroy_user``,
+  ``get_user_group_enrollments_for_user``, ``remove_user_from_user_group``, ``get_user_groups``,
+  ``get_user_group`` (its ``users`` assumed to be shaped as ``get_user`` answers).
+* Access window: ``create_user``/``update_user`` take ``access_start_date`` and
+  ``access_end_date`` ("July 30, 2017"; an empty value clears it, assumed). ``get_user``
+  shows them (the reference's sample elides them as "More JSON data"; assumed), and the
+  sign-in page refuses a user outside the window (assumed: the reference documents the
+  dates, not their effect).
+* Groups: ``user_groups`` (``;``-joined names) adds the user to groups by name, creating
+  missing groups; ``get_user`` lists them with ids as ``user_groups`` (assumed shape).
 * ``api_key``/``acct_key`` from the POST body (form or JSON), the query string, or the
   ``X-SkyPrep-API-Key`` / ``X-SkyPrep-Acct-Key`` headers.
 * Errors: 400 (bad parameters), 401 (no/wrong credentials), 403 (the key may not use this
@@ -11,6 +20,9 @@ SkyPrep APIs" and its Admin API reference.
   assume the answer is 429 with a ``Retry-After`` header.
 * ``/account/login_with_key`` is the tenant's sign-in page the returned ``url`` points at;
   a valid login key shows "Signed in to SkyPrep as ..." (everything HTML-escaped).
+* Key types: ``daily`` keys work until the UTC day ends, and ``get_login_key`` answers the
+  user's same daily key all day; ``time`` keys expire after ``TIME_KEY_SECONDS`` (the real
+  duration is undocumented); ``otl`` keys work once.
 
 Test hooks: :attr:`users`, :attr:`calls`, :attr:`faults`, :attr:`limiter`.
 """
@@ -24,7 +36,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -51,6 +63,9 @@ class SkyPrepUser:
     role: str = "learner"
     card_no: str = ""
     user_groups: list[str] = field(default_factory=list)
+    access_start_date: str = ""
+    access_end_date: str = ""
+    group_ids: dict[str, int] = field(default_factory=dict, repr=False)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%B %d %Y %H:%M:%S"))
 
     def as_json(self) -> dict[str, Any]:
@@ -62,9 +77,16 @@ class SkyPrepUser:
             "email": self.email,
             "card_no": self.card_no,
             "role": self.role,
-            "user_groups": [{"name": g} for g in self.user_groups],
+            "user_groups": [{"id": self.group_ids.get(g), "name": g} for g in self.user_groups],
+            "access_start_date": self.access_start_date or None,
+            "access_end_date": self.access_end_date or None,
             "created_at": self.created_at,
         }
+
+    def access_ended(self, today: date) -> bool:
+        """True when ``access_end_date`` is set and before ``today`` (outside the window)."""
+        end = _parse_date(self.access_end_date)
+        return end is not None and end < today
 
 
 @dataclass
@@ -109,6 +131,8 @@ class SkyPrepSimulator:
         self.allowed_actions: set[str] | None = None
         self._clock = clock
         self._next_id = 1000
+        # Group name -> id: the tenant's user groups, shared by every user (test hook).
+        self.groups: dict[str, int] = {}
         self.app = Starlette(
             routes=[
                 Route("/admin/api/{action:str}", self._api, methods=["GET", "POST"]),
@@ -124,6 +148,10 @@ class SkyPrepSimulator:
             "update_user": self._update_user,
             "destroy_user": self._destroy_user,
             "get_login_key": self._get_login_key,
+            "get_user_group_enrollments_for_user": self._group_enrollments,
+            "remove_user_from_user_group": self._remove_from_group,
+            "get_user_groups": self._user_groups,
+            "get_user_group": self._user_group,
         }
 
     # -- test hooks ------------------------------------------------------------------
@@ -134,9 +162,17 @@ class SkyPrepSimulator:
         reference: learner, manager, admin, power_user, ..."""
         self._next_id += 1
         user = SkyPrepUser(self._next_id, email, first_name, last_name, role=role,
-                           user_groups=list(groups or []))
+                           group_ids=self.groups)
+        self._add_groups(user, groups or [])
         self.users[email.lower()] = user
         return user
+
+    def _add_groups(self, user: SkyPrepUser, names: list[str]) -> None:
+        for name in names:
+            if name not in self.groups:
+                self.groups[name] = 5000 + len(self.groups) + 1
+            if name not in user.user_groups:
+                user.user_groups.append(name)
 
     def delete_user(self, email: str) -> None:
         self.users.pop(email.lower(), None)
@@ -211,13 +247,26 @@ class SkyPrepSimulator:
         return JSONResponse(user.as_json()) if user else _error(404, "User not found")
 
     def _apply(self, user: SkyPrepUser, params: dict[str, str]) -> None:
-        for name in ("first_name", "last_name", "role", "card_no"):
+        """Apply create/update parameters; raise _BadParams before changing anything."""
+        for name in ("access_start_date", "access_end_date"):
+            if params.get(name) and _parse_date(params[name]) is None:
+                raise _BadParams(f"{name} is not a date")
+        email = params.get("email", "")
+        if email and email.lower() != user.email.lower():
+            if not _valid_email(email):
+                raise _BadParams("A valid email is required")
+            if email.lower() in self.users:
+                raise _BadParams("A user with this email already exists")
+            if self.users.get(user.email.lower()) is user:
+                self.users[email.lower()] = self.users.pop(user.email.lower())
+            user.email = email
+        for name in ("first_name", "last_name", "role", "card_no", "access_start_date",
+                     "access_end_date"):
             if name in params:
                 setattr(user, name, params[name])
         if params.get("user_groups"):
-            for group in (g.strip() for g in params["user_groups"].split(";")):
-                if group and group not in user.user_groups:
-                    user.user_groups.append(group)
+            self._add_groups(user, [g.strip() for g in params["user_groups"].split(";")
+                                    if g.strip()])
 
     def _create_user(self, params: dict[str, str]) -> Response:
         email = params.get("email") or params.get("user_email") or ""
@@ -227,7 +276,11 @@ class SkyPrepSimulator:
             # Assumed: the docs do not say what a duplicate create answers.
             return _error(400, "A user with this email already exists")
         user = self.add_user(email)
-        self._apply(user, params)
+        try:
+            self._apply(user, {k: v for k, v in params.items() if k != "email"})
+        except _BadParams as exc:
+            self.delete_user(email)
+            return _error(400, str(exc))
         return JSONResponse(user.as_json())
 
     def _update_user(self, params: dict[str, str]) -> Response:
@@ -236,8 +289,45 @@ class SkyPrepSimulator:
         user = self._find(params)
         if user is None:
             return _error(404, "User not found")
-        self._apply(user, params)
+        try:
+            self._apply(user, params)  # an "email" parameter renames the account
+        except _BadParams as exc:
+            return _error(400, str(exc))
         return JSONResponse(user.as_json())
+
+    def _group_enrollments(self, params: dict[str, str]) -> Response:
+        if not (params.get("user_id") or params.get("user_email")):
+            return _error(400, "user_id or user_email is required")
+        user = self._find(params)
+        if user is None:
+            return _error(404, "User not found")
+        return JSONResponse([{"id": self.groups[g], "name": g} for g in user.user_groups])
+
+    def _remove_from_group(self, params: dict[str, str]) -> Response:
+        if not (params.get("user_id") or params.get("user_email")):
+            return _error(400, "user_id or user_email is required")
+        user = self._find(params)
+        if user is None:
+            return _error(404, "User not found")
+        wanted = params.get("user_group_id", "")
+        name = next((n for n, i in self.groups.items() if str(i) == wanted), None)
+        if name is None:
+            return _error(404, "User group not found")
+        if name in user.user_groups:
+            user.user_groups.remove(name)
+        return JSONResponse({"message": "success"})
+
+    def _user_groups(self, params: dict[str, str]) -> Response:
+        return JSONResponse([{"id": i, "name": n} for n, i in self.groups.items()])
+
+    def _user_group(self, params: dict[str, str]) -> Response:
+        """``get_user_group``: the group's name and its users (assumed: as ``get_user``)."""
+        wanted = params.get("user_group_id", "")
+        name = next((n for n, i in self.groups.items() if str(i) == wanted), None)
+        if name is None:
+            return _error(404, "User group not found")
+        return JSONResponse({"id": self.groups[name], "name": name, "users": [
+            u.as_json() for u in self.users.values() if name in u.user_groups]})
 
     def _destroy_user(self, params: dict[str, str]) -> Response:
         user = self._find(params)
@@ -264,13 +354,19 @@ class SkyPrepSimulator:
             # Assumed: groups sent for an existing user are added (as SkyPrep's AD bridge
             # relies on); names are only used when the account is created.
             self._apply(user, {"user_groups": params["user_groups"]})
-        key = secrets.token_urlsafe(24)
         now = self._clock()
-        if key_type == "daily":
-            expires = (now // 86400 + 1) * 86400  # end of the current UTC day
-        else:
-            expires = now + TIME_KEY_SECONDS
-        self.login_keys[key] = _LoginKey(user.email.lower(), key_type, expires)
+        # A daily key is the user's key for the UTC day: asked again that day, SkyPrep answers
+        # the same key (what lets the gateway reuse it).
+        key = next((k for k, v in self.login_keys.items()
+                    if key_type == "daily" and v.key_type == "daily"
+                    and v.email == user.email.lower() and v.expires > now), None)
+        if key is None:
+            key = secrets.token_urlsafe(24)
+            if key_type == "daily":
+                expires = (now // 86400 + 1) * 86400  # end of the current UTC day
+            else:
+                expires = now + TIME_KEY_SECONDS
+            self.login_keys[key] = _LoginKey(user.email.lower(), key_type, expires)
         query = urlencode({"user_email": user.email, "login_key": key})
         return JSONResponse({
             "email": user.email,
@@ -286,6 +382,8 @@ class SkyPrepSimulator:
         if entry is None or entry.email != email or user is None or entry.expires <= self._clock():
             return _page("Sign-in link not valid",
                          "This sign-in link is not valid or has expired.", 401)
+        if user.access_ended(datetime.fromtimestamp(self._clock(), UTC).date()):
+            return _page("Access ended", "Your access to this training site has ended.", 403)
         if entry.key_type == "otl":
             del self.login_keys[key]
         name = f"{user.first_name} {user.last_name}".strip() or user.email
@@ -296,6 +394,16 @@ class SkyPrepSimulator:
 
 class _BadParams(Exception):
     pass
+
+
+def _parse_date(value: str) -> date | None:
+    """A reference-style date ("July 30, 2017") or an ISO date; None when it is neither."""
+    for fmt in ("%B %d, %Y", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(value.strip(), fmt).date()
+        except ValueError:
+            continue
+    return None
 
 
 def _valid_email(value: str) -> bool:

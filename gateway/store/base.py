@@ -2,8 +2,8 @@
 
 Implementations: ``memory`` (one process, the default) and ``redis`` (several replicas).
 Values are bytes; every key has a TTL so nothing lives forever. Operations that must be
-atomic across replicas (set-if-absent, pop, token bucket) are single calls here, so a
-Redis implementation can make them one round trip.
+atomic across replicas (set-if-absent, pop, compare-and-delete, token bucket) are single
+calls here, so a Redis implementation can make them one round trip.
 
 Any failure to reach the backing service raises :class:`gateway.errors.StoreUnavailable`;
 callers never skip a check (e.g. a replay cache) because the store is down.
@@ -30,6 +30,14 @@ class Store(Protocol):
     async def delete(self, key: str) -> None:
         """Remove the key if present."""
 
+    async def delete_if_equals(self, key: str, value: bytes) -> bool:
+        """Remove the key only while it holds ``value`` (atomic compare-and-delete: a lock is
+        released only by its owner); True when this call removed it."""
+
+    async def renew_if_equals(self, key: str, value: bytes, ttl: float) -> bool:
+        """Give the key a new ``ttl`` only while it holds ``value`` (atomic: an owner renews
+        its lock and learns it still holds it); False when absent or held by another value."""
+
     async def take_token(
         self, key: str, per_minute: float, capacity: float, max_wait: float = 0.0
     ) -> tuple[float, float, bool]:
@@ -42,6 +50,27 @@ class Store(Protocol):
         follow the bucket's schedule. Otherwise nothing is taken and ``wait`` says when to
         come back. The bucket refills at ``per_minute`` tokens per minute up to ``capacity``.
         """
+
+    async def take_tokens(
+        self, key: str, per_minute: float, capacity: float, count: int, max_wait: float = 0.0,
+        *, floor: float | None = None,
+    ) -> tuple[float, float, bool]:
+        """Token bucket: take (or reserve) ``count`` tokens in one atomic step, on the same
+        bucket and with the same arithmetic as :meth:`take_token` (``count=1`` is the same
+        call). Returns ``(wait, tokens_left, taken)``; ``wait`` is when the *last* of the
+        ``count`` tokens matures, so the whole reservation is within ``max_wait`` or nothing is
+        taken. ``tokens_left`` below zero is the calls already reserved by earlier callers.
+
+        With ``floor`` nothing is ever reserved ahead: the tokens are taken only when they are
+        there now *and* at least ``floor`` tokens stay in the bucket (a reserve kept for more
+        urgent callers); otherwise ``wait`` says when that would be so.
+        """
+
+    async def give_back_tokens(
+        self, key: str, per_minute: float, capacity: float, count: int
+    ) -> None:
+        """Return ``count`` unused tokens to the bucket (never above ``capacity``; nothing
+        while the bucket is paused, which emptied it anyway)."""
 
     async def pause_bucket(self, key: str, seconds: float) -> None:
         """Empty the bucket and hold it empty for ``seconds`` (the LMS said slow down)."""

@@ -43,6 +43,10 @@ class MemoryStore:
         self._data: dict[str, tuple[bytes, float]] = {}
         # key -> (tokens, last refill time, paused until)
         self._buckets: dict[str, tuple[float, float, float]] = {}
+        # key -> when that bucket is full again (its state then equals no state): per-employee
+        # buckets come and go, so full ones are swept like expired keys.
+        self._full_at: dict[str, float] = {}
+        self._bucket_writes = 0
         self._writes = 0
         self._max_entries = max_entries
         self._last_purge = float("-inf")
@@ -111,6 +115,18 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
 
+    async def delete_if_equals(self, key: str, value: bytes) -> bool:
+        if self._live(key) != value:
+            return False
+        del self._data[key]
+        return True
+
+    async def renew_if_equals(self, key: str, value: bytes, ttl: float) -> bool:
+        if self._live(key) != value:
+            return False
+        self._data[key] = (value, self._clock() + ttl)
+        return True
+
     async def incr_with_ttl(
         self, key: str, ttl: float, amount: int = 1, *, anonymous: bool = False
     ) -> int:
@@ -130,27 +146,60 @@ class MemoryStore:
     async def take_token(
         self, key: str, per_minute: float, capacity: float, max_wait: float = 0.0
     ) -> tuple[float, float, bool]:
+        return await self.take_tokens(key, per_minute, capacity, 1, max_wait)
+
+    def _refilled(self, key: str, per_minute: float, capacity: float) -> tuple[float, float, float]:
+        """(tokens now, now, paused until) after the refill since the last call."""
         now = self._clock()
         tokens, last, paused_until = self._buckets.get(key, (capacity, now, 0.0))
+        if now >= paused_until:
+            tokens = min(capacity, tokens + (now - max(last, paused_until)) * per_minute / 60.0)
+        return tokens, now, paused_until
+
+    async def take_tokens(
+        self, key: str, per_minute: float, capacity: float, count: int, max_wait: float = 0.0,
+        *, floor: float | None = None,
+    ) -> tuple[float, float, bool]:
+        tokens, now, paused_until = self._refilled(key, per_minute, capacity)
         if now < paused_until:
             return paused_until - now, 0.0, False
         rate = per_minute / 60.0
-        tokens = min(capacity, tokens + (now - max(last, paused_until)) * rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now, paused_until)
-            return 0.0, tokens - 1.0, True
-        wait = (1.0 - tokens) / rate if rate > 0 else 60.0
-        if wait <= max_wait:
-            # A reservation: the bucket goes below zero and the caller waits ``wait``.
-            self._buckets[key] = (tokens - 1.0, now, paused_until)
-            return wait, tokens - 1.0, True
+        # The bucket's level must reach ``need`` for the take: ``count`` tokens, plus the
+        # reserve that must stay behind when a floor is given.
+        need = count + (floor if floor is not None else 0.0)
+        wait = 0.0 if tokens >= need else ((need - tokens) / rate if rate > 0 else 60.0)
+        taken = wait == 0.0 or (floor is None and wait <= max_wait)
+        if taken:
+            # Taken now, or reserved: the bucket goes below zero and the caller waits ``wait``.
+            tokens -= count
+        self._set_bucket(key, tokens, now, paused_until, per_minute, capacity)
+        return wait, tokens, taken
+
+    def _set_bucket(self, key: str, tokens: float, now: float, paused_until: float,
+                    per_minute: float, capacity: float) -> None:
         self._buckets[key] = (tokens, now, paused_until)
-        return wait, tokens, False
+        rate = per_minute / 60.0
+        self._full_at[key] = now + (capacity - tokens) / rate if rate > 0 else float("inf")
+        self._bucket_writes += 1
+        if self._bucket_writes % self._SWEEP_EVERY == 0:
+            for stale in [k for k, at in self._full_at.items() if at <= now]:
+                if self._buckets[stale][2] <= now:
+                    del self._buckets[stale], self._full_at[stale]
+
+    async def give_back_tokens(
+        self, key: str, per_minute: float, capacity: float, count: int
+    ) -> None:
+        tokens, now, paused_until = self._refilled(key, per_minute, capacity)
+        if now < paused_until or key not in self._buckets:
+            return
+        self._set_bucket(key, min(capacity, tokens + count), now, paused_until, per_minute,
+                         capacity)
 
     async def pause_bucket(self, key: str, seconds: float) -> None:
         now = self._clock()
         _, _, paused_until = self._buckets.get(key, (0.0, now, 0.0))
         self._buckets[key] = (0.0, now, max(paused_until, now + seconds))
+        self._full_at[key] = float("inf")  # not swept: the refill rate is not known here
 
     async def health_problems(self) -> list[str]:
         return []
@@ -161,3 +210,4 @@ class MemoryStore:
     async def aclose(self) -> None:
         self._data.clear()
         self._buckets.clear()
+        self._full_at.clear()

@@ -16,16 +16,15 @@ The pool reconnects by itself when Redis returns; nothing has to be rebuilt.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from functools import cached_property
+from typing import TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from gateway.errors import ConfigError, StoreUnavailable
+from gateway.errors import StoreUnavailable
+from gateway.store.redis_connect import RedisConnection
 
 T = TypeVar("T")
 
@@ -92,6 +91,77 @@ end
 return v
 """
 
+# KEYS[1] bucket; ARGV: per_minute, capacity, count, max_wait, floor ('' for none). Same
+# arithmetic as MemoryStore.take_tokens: ``count`` tokens at once, reserved when the last one
+# matures within max_wait; with a floor only taken when there now with ``floor`` left over.
+_TAKE_TOKENS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local per_minute = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4]) or 0
+local floor = tonumber(ARGV[5])
+local h = redis.call('HMGET', KEYS[1], 'tokens', 'last', 'paused')
+local tokens = tonumber(h[1]) or capacity
+local last = tonumber(h[2]) or now
+local paused = tonumber(h[3]) or 0
+if now < paused then
+  return {string.format('%.17g', paused - now), '0', '0'}
+end
+local rate = per_minute / 60
+tokens = math.min(capacity, tokens + (now - math.max(last, paused)) * rate)
+local need = count + (floor or 0)
+local wait = 0
+if tokens < need then
+  if rate > 0 then wait = (need - tokens) / rate else wait = 60 end
+end
+local taken = '0'
+if wait == 0 or (floor == nil and wait <= max_wait) then
+  tokens = tokens - count
+  taken = '1'
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+  'last', string.format('%.17g', now), 'paused', string.format('%.17g', paused))
+local full_in = 3600
+if rate > 0 then full_in = (capacity - tokens) / rate end
+redis.call('PEXPIRE', KEYS[1], math.ceil(full_in * 1000) + 1000)
+return {string.format('%.17g', wait), string.format('%.17g', tokens), taken}
+"""
+
+# KEYS[1] bucket; ARGV: per_minute, capacity, count. Unused tokens back (capped; nothing while
+# paused or when the bucket has expired, i.e. is full anyway).
+_GIVE_BACK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local h = redis.call('HMGET', KEYS[1], 'tokens', 'last', 'paused')
+if not h[1] then return 0 end
+local capacity = tonumber(ARGV[2])
+local paused = tonumber(h[3]) or 0
+if now < paused then return 0 end
+local rate = tonumber(ARGV[1]) / 60
+local tokens = math.min(capacity, tonumber(h[1]) + (now - math.max(tonumber(h[2]), paused)) * rate)
+tokens = math.min(capacity, tokens + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+  'last', string.format('%.17g', now))
+local full_in = 3600
+if rate > 0 then full_in = (capacity - tokens) / rate end
+redis.call('PEXPIRE', KEYS[1], math.ceil(full_in * 1000) + 1000)
+return 1
+"""
+
+# KEYS[1]; ARGV: value. Compare-and-delete (a lock released by its owner only).
+_DELETE_IF_EQUALS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1]; ARGV: value, ttl in ms. Compare-and-renew (an owner extends its lock).
+_RENEW_IF_EQUALS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # Every policy but noeviction may drop keys under memory pressure; the volatile-* ones too,
 # since every key here has a TTL. Dropping a replay-cache or revocation entry would silently
 # turn that check off, so anything else is flagged (README: "Redis: maxmemory-policy").
@@ -113,11 +183,19 @@ class RedisStore:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         password: str | None = None,
         key_prefix: str = "gateway:",
         tls_ca_file: str | None = None,
         *,
+        username: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        sentinels: Sequence[str] = (),
+        sentinel_service: str = "mymaster",
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
+        sentinel_tls: bool = False,
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         max_connections: int = 64,
@@ -126,38 +204,32 @@ class RedisStore:
     ) -> None:
         """Connections are opened lazily, so building the store never blocks or fails on I/O.
 
-        ``rediss://`` URLs turn TLS on (certificate and host name always verified);
-        ``tls_ca_file`` names the CA bundle to trust instead of the system's.
+        Either ``url`` (``rediss://`` turns TLS on) or ``sentinels`` (``host:port`` each) and
+        ``sentinel_service``: see :mod:`gateway.store.redis_connect`. TLS always verifies the
+        certificate and host name; ``tls_ca_file`` names a CA bundle trusted besides the
+        system's, ``tls_cert_file``/``tls_key_file`` a client certificate. ``username``
+        and ``password`` are the (ACL) user's; ``sentinel_*`` are the sentinels' own.
         """
-        scheme = url.split("://", 1)[0].lower()
-        if scheme not in ("redis", "rediss"):
-            raise ConfigError(["store.url must start with redis:// or rediss://"])
-        if tls_ca_file and scheme != "rediss":
-            # The operator asked for TLS but the URL says plain text: refuse, don't guess.
-            raise ConfigError(["store.tls_ca_file is set but store.url is not rediss://"])
         self._prefix = key_prefix
-        options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-            "health_check_interval": health_check_interval,
-            # One retry, on connection errors only: a pooled connection may have died with a
-            # Redis restart and a fresh one will do. A timeout is not retried: the command may
-            # have run, and the caller should hear about a slow Redis quickly.
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            "max_connections": max_connections,
-            # A burst waits this long for one of the pooled connections (bounded, so a stuck
-            # Redis still ends in StoreUnavailable) instead of opening thousands of them.
-            "timeout": pool_timeout,
-        }
-        if password is not None:
-            options["password"] = password
-        if scheme == "rediss":
-            options["ssl_cert_reqs"] = "required"
-            options["ssl_check_hostname"] = True
-            if tls_ca_file:
-                options["ssl_ca_certs"] = tls_ca_file
-        self._pool = BlockingConnectionPool.from_url(url, **options)
-        self._redis = Redis(connection_pool=self._pool)
+        self._connection = RedisConnection(
+            url,
+            password=password,
+            username=username,
+            tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            sentinels=sentinels,
+            sentinel_service=sentinel_service,
+            sentinel_username=sentinel_username,
+            sentinel_password=sentinel_password,
+            sentinel_tls=sentinel_tls,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            pool_timeout=pool_timeout,
+            health_check_interval=health_check_interval,
+        )
+        self._redis = self._connection.redis
         self._take = self._redis.register_script(_TAKE_TOKEN)
         self._pause = self._redis.register_script(_PAUSE)
         self._incr = self._redis.register_script(_INCR)
@@ -198,6 +270,55 @@ class RedisStore:
         )
         wait, tokens, taken = answer
         return float(wait), float(tokens), str(taken) in ("1", "b'1'")
+
+    @cached_property
+    def _take_n(self) -> AsyncScript:
+        # Registered on first use (the constructor stays connection setup only).
+        return self._redis.register_script(_TAKE_TOKENS)
+
+    @cached_property
+    def _give_back(self) -> AsyncScript:
+        return self._redis.register_script(_GIVE_BACK)
+
+    @cached_property
+    def _cad(self) -> AsyncScript:
+        return self._redis.register_script(_DELETE_IF_EQUALS)
+
+    @cached_property
+    def _renew(self) -> AsyncScript:
+        return self._redis.register_script(_RENEW_IF_EQUALS)
+
+    async def take_tokens(
+        self, key: str, per_minute: float, capacity: float, count: int, max_wait: float = 0.0,
+        *, floor: float | None = None,
+    ) -> tuple[float, float, bool]:
+        args = [repr(per_minute), repr(capacity), str(int(count)), repr(max_wait),
+                "" if floor is None else repr(floor)]
+        answer = await self._run(
+            "take_tokens", lambda: self._take_n(keys=[self._k(key)], args=args)
+        )
+        wait, tokens, taken = answer
+        return float(wait), float(tokens), str(taken) in ("1", "b'1'")
+
+    async def give_back_tokens(
+        self, key: str, per_minute: float, capacity: float, count: int
+    ) -> None:
+        args = [repr(per_minute), repr(capacity), str(int(count))]
+        await self._run(
+            "give_back_tokens", lambda: self._give_back(keys=[self._k(key)], args=args)
+        )
+
+    async def delete_if_equals(self, key: str, value: bytes) -> bool:
+        deleted = await self._run(
+            "delete_if_equals", lambda: self._cad(keys=[self._k(key)], args=[value])
+        )
+        return int(deleted) == 1
+
+    async def renew_if_equals(self, key: str, value: bytes, ttl: float) -> bool:
+        renewed = await self._run(
+            "renew_if_equals", lambda: self._renew(keys=[self._k(key)], args=[value, _px(ttl)])
+        )
+        return int(renewed) == 1
 
     async def pause_bucket(self, key: str, seconds: float) -> None:
         await self._run(
@@ -245,6 +366,10 @@ class RedisStore:
     async def ping(self) -> None:
         await self._run("ping", self._redis.ping)
 
+    async def describe(self) -> str:
+        """Where the store is right now (the primary in use, with Sentinel), for operators'
+        readiness details. Never a credential; never raises."""
+        return await self._connection.describe()
+
     async def aclose(self) -> None:
-        await self._redis.aclose()
-        await self._pool.disconnect()
+        await self._connection.aclose()

@@ -63,14 +63,15 @@ async def confirm_page(request: Request) -> Response:
     held = await door.confirmations.peek(svc.sessions.login_binding(request))
     if held.login.app is not None:
         runtime = svc.app(held.login.app)
-        destination = runtime.settings.display_name or runtime.name
+        destination: str | None = runtime.settings.display_name or runtime.name
     else:
-        destination = "the page you were sent to"
+        destination = None  # the page says "the page you were sent to", translated
     session = await svc.sessions.load(request)
     current = None
     if session is not None and session.identity.key != held.identity.key:
         current = who(session.identity)
     return svc.pages.render(
+        request,
         "confirm_sign_in.html",
         headers=dict(NO_STORE),
         action=confirm_path(door),

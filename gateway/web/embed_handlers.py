@@ -1,12 +1,17 @@
 """Routes for embedded lesson players (thin Starlette glue over :mod:`gateway.embed`).
 
-* ``GET /embed/{app}/lesson-schedules/{id}``: the portal's iframe, with the gateway session.
-  This is THE browser path: the employee's own session decides whose lessons are shown.
+* ``GET /embed/{app}/lesson-schedules/{id}``: the portal's iframe, with the gateway session
+  or the frame's embed grant. This is THE browser path: the employee's own sign-in decides
+  whose lessons are shown.
 * ``GET /api/v1/apps/{app}/lesson-schedules?employee=&status=`` and
   ``GET /api/v1/apps/{app}/lesson-schedules/{id}/embed?employee=``: portal back-ends with a
   bearer credential, server to server. No CORS headers and no successful ``OPTIONS``
   preflight unless a portal opts in with ``browser_cors = true`` (then for its configured
   origins only).
+
+Without a session the frame shows a sign-in page whose script signs in through a popup and
+comes back into the frame (:mod:`gateway.web.embed_sign_in`, design in
+:mod:`gateway.embed_grants`); the frame's embed grant then stands in for the session here.
 
 Errors inside the iframe are rendered with the embed page's ``frame-ancestors`` so the portal
 shows the explanation instead of a blocked frame. A repeated ``employee`` or ``status`` is a
@@ -16,23 +21,23 @@ shows the explanation instead of a blocked frame. A repeated ``employee`` or ``s
 from __future__ import annotations
 
 import hashlib
-import html
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import embed
 from gateway.errors import Forbidden, GatewayError, NotFound
 from gateway.policy import profile_for
+from gateway.web import branding, embed_sign_in
 from gateway.web.responses import NO_STORE, gateway_error_response, services, single_param
 
 if TYPE_CHECKING:
-    from gateway.services import AppRuntime
+    from gateway.services import AppRuntime, Services
     from gateway.store.base import Store
 
 
@@ -89,7 +94,8 @@ def _resolver(runtime: AppRuntime, store: Store) -> PortalUsers:
 
 
 async def embed_page(request: Request) -> Response:
-    """The iframe: check the session and ownership, then 303 to the LMS player."""
+    """The iframe: check the session (or the frame's embed grant) and ownership, then 303 to
+    the LMS player."""
     svc = services(request)
     app_name = request.path_params["app"]
     try:
@@ -97,9 +103,12 @@ async def embed_page(request: Request) -> Response:
         embed.embed_capable(runtime.connector, app_name)
         headers = {**embed.embed_headers(svc.settings.portal, app_name)}
         session = await svc.sessions.load(request)
-        if session is None or session.identity.idp not in runtime.settings.idps:
-            return _sign_in_page(runtime, request.url.path, headers)
-        identity = session.identity
+        identity = session.identity if session is not None else None
+        if identity is None or identity.idp not in runtime.settings.idps:
+            # A cross-site frame never gets the (SameSite=Lax) session: its own grant, if any.
+            identity = await embed_sign_in.grant_identity(request, svc, runtime)
+        if identity is None:
+            return _sign_in_page(request, svc, runtime)
         profile = profile_for(runtime.name, runtime.settings, identity)  # access rules apply
         account = await runtime.provisioner.cached_account(identity)
         if account is None:
@@ -116,19 +125,44 @@ async def embed_page(request: Request) -> Response:
         return response
 
 
-def _sign_in_page(runtime: AppRuntime, path: str, headers: dict[str, str]) -> Response:
-    """IdPs refuse to be framed: offer a top-level sign-in that comes back here."""
-    idp = runtime.settings.idps[0]
-    href = f"/auth/{quote(idp)}/login?" + urlencode({"return_to": path})
-    if len(runtime.settings.idps) > 1:
-        href = f"/login/{quote(runtime.name)}"
-    name = html.escape(runtime.settings.display_name or runtime.name)
-    body = (
-        f"<!doctype html><meta charset=utf-8><title>Sign in</title>"
-        f"<p>Sign in to see your lessons in {name}.</p>"
-        f'<p><a href="{html.escape(href)}" target="_top">Sign in</a></p>'
+def _sign_in_page(request: Request, svc: Services, runtime: AppRuntime) -> Response:
+    """IdPs refuse to be framed: a page whose script signs in through a popup and brings the
+    lesson back into this frame. Without script (or outside a frame) its links sign in at
+    the top level of a new tab and come back to this lesson there."""
+    path = request.url.path
+    idps = runtime.settings.idps
+    links = [
+        (
+            str(getattr(svc.settings.idp[idp], "display_name", None) or idp)
+            if len(idps) > 1
+            else None,
+            f"/auth/{quote(idp, safe='')}/login?" + urlencode({"return_to": path}),
+        )
+        for idp in idps
+    ]
+    headers = embed.embed_headers(
+        svc.settings.portal,
+        runtime.name,
+        scripts=True,
+        img_sources=branding.img_sources(svc.settings.branding),
     )
-    return HTMLResponse(body, status_code=401, headers=headers)
+    # same-origin (not no-referrer): the script's POSTs then carry our real Origin.
+    headers["Referrer-Policy"] = "same-origin"
+    response = svc.pages.render(
+        request,
+        "embed_sign_in.html",
+        status=401,
+        headers=headers,
+        app_label=runtime.settings.display_name or runtime.name,
+        links=links,
+        lesson_url=path,
+        timeout=svc.settings.gateway.login_timeout_seconds,
+        after_sign_in="after_sign_in" in request.query_params,
+        **embed_sign_in.paths(runtime.name),
+    )
+    if request.cookies.get(embed_sign_in.grant_cookie(svc)):
+        embed_sign_in.clear_grant(response, svc)
+    return response
 
 
 async def _api(request: Request, work: Callable[[AppRuntime], Awaitable[object]]) -> Response:
@@ -207,6 +241,7 @@ async def api_preflight(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     return [
         Route("/embed/{app}/lesson-schedules/{id}", embed_page, methods=["GET"]),
+        *embed_sign_in.routes(),
         Route("/api/v1/apps/{app}/lesson-schedules", api_lesson_schedules, methods=["GET"]),
         Route("/api/v1/apps/{app}/lesson-schedules", api_preflight, methods=["OPTIONS"]),
         Route("/api/v1/apps/{app}/lesson-schedules/{id}/embed", api_embed, methods=["GET"]),

@@ -7,6 +7,7 @@ for ``/api``) by :func:`gateway_error`, with the request id as the support refer
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -20,15 +21,23 @@ from gateway.auth.base import LoginRequest
 from gateway.auth.oidc import OidcFrontDoor
 from gateway.auth.saml import SamlFrontDoor
 from gateway.errors import (
+    AccessDenied,
+    AccountInactive,
+    AmbiguousAccount,
     BadRequest,
     BudgetExhausted,
     GatewayError,
+    LoginStateError,
     NotFound,
+    PrivilegedAccount,
+    ReplayDetected,
+    SignOutRefused,
+    StoreUnavailable,
     TooManyPendingLogins,
     UnsafeTarget,
 )
 from gateway.identity import Identity
-from gateway.observability import audit
+from gateway.observability import audit, log_event
 from gateway.policy import profile_for
 from gateway.settings import SamlIdpSettings
 from gateway.targets import check_return_to, check_target, safe_return_to
@@ -46,6 +55,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.web")
 
+# The LMS account may not be used: a link kept for reuse goes too.
+_ACCOUNT_REFUSED = (AccessDenied, AccountInactive, AmbiguousAccount, PrivilegedAccount)
+
 # -- sign-in ---------------------------------------------------------------------------------
 
 
@@ -61,6 +73,7 @@ async def login(request: Request) -> Response:
     idp = request.query_params.get("idp")
     if idp is None and len(runtime.settings.idps) > 1:
         return svc.pages.render(
+            request,
             "choose_idp.html",
             app=runtime,
             target=target,
@@ -132,9 +145,9 @@ async def oidc_callback(request: Request) -> Response:
         identity, login_request = await door.complete(
             dict(request.query_params), svc.sessions.login_binding(request)
         )
-    except GatewayError:
+    except GatewayError as exc:
         svc.metrics.sign_ins.labels(door.name, "-", "auth_failed").inc()
-        raise
+        return await _continue_session(request, exc)
     return await finish_login(request, identity, login_request)
 
 
@@ -165,9 +178,9 @@ async def saml_acs(request: Request) -> Response:
             svc.sessions.login_binding(request),
             resolve_unsolicited,
         )
-    except GatewayError:
+    except GatewayError as exc:
         svc.metrics.sign_ins.labels(door.name, "-", "auth_failed").inc()
-        raise
+        return await _continue_session(request, exc)
     if unsolicited:
         # IdP-initiated: nobody at this browser asked for it, so it never starts or replaces
         # a session without the person's "Continue" (login CSRF; see gateway/web/confirm.py).
@@ -188,7 +201,7 @@ async def saml_confirm(request: Request) -> Response:
     action = form.get("action")
     if action == "cancel":
         await door.confirmations.discard(browser_token)
-        response = svc.pages.render("sign_in_cancelled.html", headers=dict(NO_STORE))
+        response = svc.pages.render(request, "sign_in_cancelled.html", headers=dict(NO_STORE))
         svc.sessions.clear_login_binding(response)
         return response
     if action != "continue":
@@ -227,6 +240,34 @@ def _unsolicited_request(
     return LoginRequest(app=default_app)
 
 
+async def _continue_session(request: Request, exc: GatewayError) -> Response:
+    """The IdP's answer is spent or not this browser's (Back or Reload after landing, the
+    IdP's page submitted again): when this browser holds a valid session, carry on with it
+    at the app of the sign-in that issued it, which reuses the session; otherwise ``exc``.
+
+    Nothing of the refused answer is used: the session was issued by an earlier, completed
+    sign-in in this browser, and ``/login/{app}`` applies the app's rules to it again."""
+    svc = services(request)
+    if not isinstance(exc, LoginStateError | ReplayDetected):
+        raise exc
+    session = await svc.sessions.load(request)
+    if session is None:
+        raise exc
+    runtime = svc.apps.get(session.app or "")
+    if runtime is None or session.identity.idp not in runtime.settings.idps:
+        target = "/"
+    else:
+        target = f"/login/{quote(runtime.name, safe='')}"
+    log_event(
+        log,
+        logging.INFO,
+        "spent sign-in answer in a browser with a valid session: continuing with the session",
+        code=exc.code,
+        app=runtime.name if runtime else None,
+    )
+    return RedirectResponse(target, status_code=303, headers=NO_STORE)
+
+
 async def finish_login(
     request: Request, identity: Identity, login_request: LoginRequest
 ) -> Response:
@@ -238,7 +279,7 @@ async def finish_login(
         vouch(identity, svc.settings.idp[identity.idp])
     except GatewayError as exc:
         svc.metrics.sign_ins.labels(identity.idp, "-", exc.code).inc()
-        raise
+        return gateway_error_response(request, exc, app=login_request.app)
     # The IdP's answer used up this browser's pending login: give its slot back, so people
     # who finish their sign-ins are never held back by the per-client limit.
     await svc.pending_logins.release(request.client.host if request.client else None)
@@ -254,7 +295,7 @@ async def finish_login(
                 resume = f"/login/{quote(runtime.name, safe='')}"
                 if login_request.target:
                     resume += "?" + urlencode({"target": login_request.target})
-            response = gateway_error_response(request, exc, resume=resume)
+            response = gateway_error_response(request, exc, resume=resume, app=runtime.name)
     else:
         response = RedirectResponse(
             login_request.return_to or "/", status_code=303, headers=NO_STORE
@@ -264,7 +305,9 @@ async def finish_login(
     previous = await svc.sessions.load(request)
     if previous is not None:
         await svc.sessions.forget(previous)
-    await svc.sessions.issue(response, identity)
+        if svc.links is not None and previous.identity.key != identity.key:
+            await svc.links.forget(previous.identity, svc.apps)
+    await svc.sessions.issue(response, identity, app=login_request.app)
     svc.sessions.clear_login_binding(response)
     return response
 
@@ -276,14 +319,26 @@ async def launch(
     svc = services(request)
     reference = request.state.request_id
     outcome, action = "error", "none"
+    links, target = svc.links, target or runtime.settings.default_target
     try:
         profile = profile_for(runtime.name, runtime.settings, identity)
-        sign_in = await runtime.provisioner.sign_in(
-            identity, profile, target or runtime.settings.default_target
-        )
-        outcome, action = "success", str(sign_in.action)
+        # Every check before provisioning has passed: a link the LMS made reusable and we
+        # minted moments ago (or, opted in, until it expires) costs no LMS call.
+        url = None if links is None else await links.lookup(
+            runtime.name, runtime.settings, runtime.provisioner, identity, profile, target)
+        if url is not None:
+            outcome, action = "success", "reused"
+            svc.metrics.links_reused.labels(runtime.name).inc()
+        else:
+            sign_in = await runtime.provisioner.sign_in(identity, profile, target)
+            outcome, action, url = "success", str(sign_in.action), sign_in.url
+            if links is not None:
+                await links.remember(runtime.name, runtime.settings, identity, target, sign_in)
     except GatewayError as exc:
         outcome = exc.code
+        if links is not None and isinstance(exc, _ACCOUNT_REFUSED):
+            with contextlib.suppress(StoreUnavailable):  # the refusal is what to show
+                await links.forget(identity, [runtime.name])
         raise
     finally:
         svc.metrics.sign_ins.labels(identity.idp, runtime.name, outcome).inc()
@@ -298,7 +353,7 @@ async def launch(
         )
     # 303 so the browser GETs the link; no-store and no-referrer keep the one-time link
     # out of caches and out of the LMS's Referer logs.
-    return RedirectResponse(sign_in.url, status_code=303, headers=NO_STORE)
+    return RedirectResponse(url, status_code=303, headers=NO_STORE)
 
 
 # -- logout ----------------------------------------------------------------------------------
@@ -308,9 +363,10 @@ async def logout_page(request: Request) -> Response:
     svc = services(request)
     session = await svc.sessions.load(request)
     if session is None:
-        return svc.pages.render("signed_out.html")
+        return svc.pages.render(request, "signed_out.html")
     # same-origin (not no-referrer) so the browser sends our real Origin with the POST.
     return svc.pages.render(
+        request,
         "logout.html",
         headers={"Referrer-Policy": "same-origin"},
         csrf=svc.sessions.csrf_token(session),
@@ -322,11 +378,11 @@ async def logout(request: Request) -> Response:
     """``POST /logout``: same-origin only, with the session's CSRF token."""
     svc = services(request)
     if not _same_origin_post(request, svc):
-        raise BadRequest("cross-site logout refused")
+        raise SignOutRefused("cross-site logout refused")
     session = await svc.sessions.load(request)
     form = await small_form(request, 4096)
     if session is not None and not svc.sessions.csrf_ok(session, form.get("csrf")):
-        raise BadRequest("logout without a valid CSRF token")
+        raise SignOutRefused("logout without a valid CSRF token")
     end_url = None
     if session is not None:
         door = svc.front_doors.get(session.identity.idp)
@@ -340,12 +396,15 @@ async def logout(request: Request) -> Response:
         if end_url
         else RedirectResponse("/signed-out", status_code=303, headers=NO_STORE)
     )
+    if session is not None and svc.links is not None:
+        # Signing out ends reuse of the employee's links on every app (all their browsers).
+        await svc.links.forget(session.identity, svc.apps)
     await svc.sessions.end(response, session)
     return response
 
 
 async def signed_out(request: Request) -> Response:
-    return services(request).pages.render("signed_out.html")
+    return services(request).pages.render(request, "signed_out.html")
 
 
 def _same_origin_post(request: Request, svc: Services) -> bool:
@@ -379,7 +438,7 @@ def _same_origin_post(request: Request, svc: Services) -> bool:
 async def index(request: Request) -> Response:
     svc = services(request)
     apps = [(name, rt.settings.display_name or name) for name, rt in svc.apps.items()]
-    return svc.pages.render("index.html", apps=apps)
+    return svc.pages.render(request, "index.html", apps=apps)
 
 
 def _idp_label(svc: Services, name: str) -> str:

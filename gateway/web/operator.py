@@ -45,6 +45,40 @@ async def readiness(svc: Services) -> tuple[bool, list[str]]:
     return not blocking, [*blocking, *warnings]
 
 
+def dependencies(svc: Services, store_ok: bool, store_where: str) -> list[dict[str, Any]]:
+    """Each dependency with its state and last error (operator only; never a secret): the
+    IdPs (metadata loaded? the last refresh's error), the store, and each app's LMS circuit."""
+    deps: list[dict[str, Any]] = []
+    for name, door in svc.front_doors.items():
+        state = "ready" if door.ready else "not loaded"
+        if door.ready and door.last_error:
+            state = "ready, refresh failing"  # serving with the last good copy
+        deps.append({"name": f"idp {name}", "state": state,
+                     "last_error": door.last_error[:200] if door.last_error else None})
+    deps.append({"name": "store", "state": "ok" if store_ok else "unreachable",
+                 "detail": store_where})
+    for name, runtime in svc.apps.items():
+        state = "circuit open" if runtime.budget.circuit_open else "ok"
+        deps.append({"name": f"lms {name}", "state": state})
+    return deps
+
+
+async def detailed_body(svc: Services) -> tuple[bool, dict[str, Any]]:
+    """The operator's readiness answer: ready, the problems, and every dependency's state."""
+    ready, problems = await readiness(svc)
+    where = await store_detail(svc)
+    store_ok = "store: unreachable" not in problems
+    return ready, {"ready": ready, "problems": problems, "store": where,
+                   "dependencies": dependencies(svc, store_ok, where)}
+
+
+async def store_detail(svc: Services) -> str:
+    """Where the store is right now (for Redis Sentinel: the primary in use), for the
+    operator's readiness details. Only the Redis store has a location to tell."""
+    describe = getattr(svc.store, "describe", None)
+    return str(await describe()) if describe is not None else "memory (this process)"
+
+
 def _operator_token_ok(request: Request) -> bool:
     """True when ``[operator] token`` is set and presented as ``Authorization: Bearer``.
     Absent: False. Presented but wrong: Unauthorized (401)."""
@@ -64,10 +98,11 @@ def _operator_token_ok(request: Request) -> bool:
 async def readyz(request: Request) -> Response:
     """``GET /readyz`` on the public listener: problem details only to the operator token
     (they name IdPs and the store's state); everyone else gets ``{"ready": ...}``."""
-    ready, problems = await readiness(services(request))
-    body: dict[str, Any] = {"ready": ready}
     if _operator_token_ok(request):
-        body["problems"] = problems
+        ready, body = await detailed_body(services(request))
+    else:
+        ready, _ = await readiness(services(request))
+        body = {"ready": ready}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -91,8 +126,8 @@ async def operator_metrics(request: Request) -> Response:
 
 async def operator_readyz(request: Request) -> Response:
     """``GET /readyz`` on the operator listener: always with the problem details."""
-    ready, problems = await readiness(services(request))
-    return JSONResponse({"ready": ready, "problems": problems}, status_code=200 if ready else 503)
+    ready, body = await detailed_body(services(request))
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 def public_routes() -> list[BaseRoute]:

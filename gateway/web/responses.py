@@ -1,13 +1,16 @@
 """What every handler shares: the services lookup, the no-store headers, the one place a
 :mod:`gateway.errors` exception becomes a page (or JSON for ``/api``) with its support
-reference, and bounded parsing of query parameters and forms (a repeated parameter is a 400)."""
+reference, the styled 404/405 pages, and bounded parsing of query parameters and forms (a
+repeated parameter is a 400)."""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -16,16 +19,19 @@ from gateway.errors import (
     BudgetExhausted,
     GatewayError,
     LmsRateLimited,
+    NotFound,
     TooManyPendingLogins,
 )
 from gateway.observability import log_event
+from gateway.web.error_pages import kind_of
 
 if TYPE_CHECKING:
-    from gateway.services import Services
+    from gateway.services import AppRuntime, Services
 
 log = logging.getLogger("gateway.web")
 
 NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+SCIM_ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 
 
 def services(request: Request) -> Services:
@@ -33,17 +39,36 @@ def services(request: Request) -> Services:
     return result
 
 
+def _known_app(svc: Services, request: Request, app: str | None) -> AppRuntime | None:
+    """The app this request is about, when it is a configured one (a name from the URL that
+    is not configured is never echoed onto a page)."""
+    name = app if app is not None else request.path_params.get("app")
+    return svc.apps.get(name) if isinstance(name, str) else None
+
+
+def _page_kind(request: Request, exc: GatewayError) -> str:
+    kind = exc.page
+    if isinstance(exc, NotFound) and request.url.path.startswith("/embed/"):
+        # Inside a portal's lesson frame, what is missing is the lesson.
+        kind = "lesson_not_found"
+    return kind
+
+
 def gateway_error_response(
-    request: Request, exc: GatewayError, *, resume: str | None = None
+    request: Request, exc: GatewayError, *, resume: str | None = None, app: str | None = None
 ) -> Response:
     """The page (or JSON) for ``exc``; ``resume`` is where a queue page carries on
-    (default: reload the same URL, fine for a GET that can be repeated)."""
+    (default: reload the same URL, fine for a GET that can be repeated); ``app`` names the
+    app the request was for when the URL does not (a callback), for "Start again" links."""
     svc = services(request)
     reference = getattr(request.state, "request_id", "-")
-    level = logging.ERROR if exc.status >= 502 else logging.WARNING
+    kind_name = _page_kind(request, exc)
+    kind = kind_of(kind_name)
+    # Expected conditions (queue, a refused account, a stale link) are INFO/WARNING: only
+    # what an operator must act on (outages, bugs, our LMS credentials) is ERROR.
     log_event(
         log,
-        level,
+        kind.level,
         "request failed",
         code=exc.code,
         check=getattr(exc, "check", None),
@@ -54,24 +79,52 @@ def gateway_error_response(
     )
     headers = dict(NO_STORE)
     if isinstance(exc, BudgetExhausted | LmsRateLimited | TooManyPendingLogins):
-        retry = int(getattr(exc, "retry_after", None) or 30)
+        retry = math.ceil(getattr(exc, "retry_after", None) or 30)
         headers["Retry-After"] = str(max(1, min(retry, 120)))
     if request.url.path.startswith("/api/"):
         body = {"error": exc.code, "message": exc.public, "reference": reference}
         return JSONResponse(body, status_code=exc.status, headers=headers)
+    runtime = _known_app(svc, request, app)
+    app_label = (runtime.settings.display_name or runtime.name) if runtime else None
     if isinstance(exc, BudgetExhausted) and (request.method == "GET" or resume):
-        # The queue page reloads itself; whoever waited longest tends to get the next token.
+        # Both reload themselves; whoever waited longest tends to get the next token.
+        template = "busy.html" if kind_name == "busy" else "queue.html"
         return svc.pages.render(
-            "queue.html",
-            status=503,
+            request,
+            template,
+            status=exc.status,
             headers=headers,
-            retry=headers["Retry-After"],
+            retry=int(headers["Retry-After"]),
+            number=_number_in_line(exc, runtime),
             resume=resume,
             reference=reference,
+            app_label=app_label,
         )
+    app_path = f"/login/{quote(runtime.name, safe='')}" if runtime else None
     return svc.pages.render(
-        "error.html", status=exc.status, headers=headers, message=exc.public, reference=reference
+        request,
+        "error.html",
+        status=exc.status,
+        headers=headers,
+        kind=kind,
+        app_label=app_label,
+        start_url=app_path or "/",
+        app_url=app_path,
+        in_frame=request.url.path.startswith("/embed/"),
+        reference=reference,
     )
+
+
+def _number_in_line(exc: BudgetExhausted, runtime: AppRuntime | None) -> int | None:
+    """The employee's place in line from ``position`` (LMS calls reserved ahead; 0 or absent:
+    unknown), counting a sign-in as the calls a first sign-in of the app's connector takes."""
+    position = getattr(exc, "position", None)
+    if not isinstance(position, int) or position <= 0:
+        return None
+    per_sign_in = getattr(runtime.connector, "first_sign_in_calls", 1) if runtime else 1
+    if not isinstance(per_sign_in, int) or per_sign_in < 1:
+        per_sign_in = 1
+    return math.ceil(position / per_sign_in) + 1
 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
@@ -79,14 +132,56 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
     return gateway_error_response(request, exc)
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route: 404, wrong method: 405): a styled page for
+    people, JSON under ``/api/`` and a SCIM error under ``/scim/``."""
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    headers = {**NO_STORE, **(exc.headers or {})}
+    path = request.url.path
+    if path.startswith("/scim/"):
+        body = {"schemas": [SCIM_ERROR], "status": str(status), "detail": exc.detail}
+        return JSONResponse(body, status, headers=headers, media_type="application/scim+json")
+    reference = getattr(request.state, "request_id", "-")
+    if path.startswith("/api/"):
+        body = {"error": _HTTP_CODES.get(status, "error"), "message": exc.detail}
+        return JSONResponse({**body, "reference": reference}, status, headers=headers)
+    kind_name = {404: "not_found", 405: "method_not_allowed"}.get(status)
+    if kind_name is None:
+        kind_name = "bad_link" if 400 <= status < 500 else "internal"
+    log_event(
+        log, logging.INFO, "request refused", status=status, reference=reference, path=path
+    )
+    return services(request).pages.render(
+        request,
+        "error.html",
+        status=status,
+        headers=headers,
+        kind=kind_of(kind_name),
+        app_label=None,
+        start_url="/",
+        app_url=None,
+        in_frame=False,
+        reference=reference,
+    )
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     reference = getattr(request.state, "request_id", "-")
     log.exception("unhandled error", extra={"fields": {"reference": reference}})
     return services(request).pages.render(
+        request,
         "error.html",
         status=500,
         headers=dict(NO_STORE),
-        message="Something went wrong on our side.",
+        kind=kind_of("internal"),
+        app_label=None,
+        start_url="/",
+        app_url=None,
+        in_frame=False,
         reference=reference,
     )
 

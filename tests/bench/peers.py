@@ -2,7 +2,8 @@
 small control API, served by uvicorn on a listening socket inherited from the harness.
 
     python -m tests.bench.peers --role oidc|saml|skyprep|damstra|litmos --fd N --url URL
-        --gateway GATEWAY_URL [--metadata-out PATH]
+        --gateway GATEWAY_URL [--metadata-out PATH] [--extra-client ID=REDIRECT_URI ...]
+        [--sp-entity-id ID --sp-acs URL]
 
 Every request except ``/_bench/*`` first sleeps the configured latency (``asyncio.sleep``:
 a slow upstream costs the gateway waiting time, not CPU). Control API (benchmark only):
@@ -127,24 +128,45 @@ class Peer:
         await send({"type": "http.response.body", "body": raw})
 
 
-def build(role: str, url: str, gateway: str, metadata_out: str | None) -> Peer:
-    """The peer for ``role`` reachable at ``url``, trusting the gateway at ``gateway``."""
+def build(
+    role: str,
+    url: str,
+    gateway: str,
+    metadata_out: str | None,
+    extra_clients: tuple[str, ...] = (),
+    sp: tuple[str, str] | None = None,
+) -> Peer:
+    """The peer for ``role`` reachable at ``url``, trusting the gateway at ``gateway``.
+
+    ``extra_clients`` (OIDC): more relying parties, ``client_id=redirect_uri``, with the same
+    secret (the anchors benchmark registers Apache's mod_auth_openidc). ``sp`` (SAML): the
+    ``(entity id, ACS URL)`` of the one SP to serve instead of the gateway (mod_auth_mellon).
+    """
     if role == "oidc":
         oidc_idp.find_employee = bench_employee  # type: ignore[attr-defined]
+        secret = os.environ["DEMO_OIDC_SECRET"]
         client = oidc_idp.DemoClient(
-            os.environ["DEMO_OIDC_SECRET"],
+            secret,
             (f"{gateway}/auth/demo-oidc/callback",),
             (f"{gateway}/signed-out",),
         )
-        provider = oidc_idp.DemoOidcProvider(url, {OIDC_CLIENT_ID: client}, demo_mode=True)
+        clients = {OIDC_CLIENT_ID: client}
+        for extra in extra_clients:
+            client_id, _, redirect_uri = extra.partition("=")
+            clients[client_id] = oidc_idp.DemoClient(secret, (redirect_uri,))
+        provider = oidc_idp.DemoOidcProvider(url, clients, demo_mode=True)
         return Peer(provider.app, None, None)
     if role == "saml":
         saml_idp.find_employee = bench_employee  # type: ignore[attr-defined]
+        sp_entity, sp_acs = sp or (
+            f"{gateway}/auth/demo-saml/metadata",
+            f"{gateway}/auth/demo-saml/acs",
+        )
         idp = saml_idp.DemoSamlIdp(
             f"{url}/metadata",
             url,
-            f"{gateway}/auth/demo-saml/metadata",
-            f"{gateway}/auth/demo-saml/acs",
+            sp_entity,
+            sp_acs,
             demo_mode=True,
             idp_initiated_relay_state="skyprep",
             email_domain=DEMO_SAML_EMAIL_DOMAIN,
@@ -180,9 +202,15 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--gateway", required=True)
     parser.add_argument("--metadata-out")
+    parser.add_argument("--extra-client", action="append", default=[])
+    parser.add_argument("--sp-entity-id")
+    parser.add_argument("--sp-acs")
     args = parser.parse_args()
     sock = socket.socket(fileno=args.fd)
-    peer = build(args.role, args.url, args.gateway, args.metadata_out)
+    sp = (args.sp_entity_id, args.sp_acs) if args.sp_entity_id and args.sp_acs else None
+    peer = build(
+        args.role, args.url, args.gateway, args.metadata_out, tuple(args.extra_client), sp
+    )
     config = uvicorn.Config(
         peer, log_level="warning", access_log=False, lifespan="off", backlog=4096
     )

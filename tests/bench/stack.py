@@ -92,6 +92,12 @@ class BenchStack:
     redis: RedisServer | None = None
     gateway_tree: ProcTree | None = None
     idp_overrides: dict[str, Any] = field(default_factory=dict)
+    # Keys set on every app (e.g. ``{"reuse_links": "never"}``); a table value is merged
+    # into the app's table (``{"budget": {"per_employee_calls_per_minute": 10000}}``).
+    app_overrides: dict[str, Any] = field(default_factory=dict)
+    # Gateway replicas: separate processes with the same config and store (Redis for > 1).
+    # The first one's URL is the public URL; the others are ``gateway-2``, ``gateway-3``, ...
+    gateways: int = 1
 
     def start(self, *, calls_per_minute: int = 10_000, plain: bool = False) -> None:
         try:
@@ -119,7 +125,8 @@ class BenchStack:
         return proc
 
     def _start(self, calls_per_minute: int, plain: bool) -> None:
-        socks = {name: _listen() for name in ("gateway", *ROLES)}
+        others = [f"gateway-{i}" for i in range(2, self.gateways + 1)]
+        socks = {name: _listen() for name in ("gateway", *others, *ROLES)}
         self.urls = {n: f"http://127.0.0.1:{s.getsockname()[1]}" for n, s in socks.items()}
         secret = secrets.token_urlsafe(24)
         env = {**os.environ, "DEMO_OIDC_SECRET": secret, "PYTHONPATH": str(ROOT)}
@@ -161,6 +168,9 @@ class BenchStack:
             calls_per_minute=calls_per_minute,
         )
         config["idp"]["demo-oidc"].update(self.idp_overrides)
+        for app in config["app"].values():
+            for key, value in self.app_overrides.items():
+                app[key] = {**app.get(key, {}), **value} if isinstance(value, dict) else value
         path = self.workdir / "gateway.toml"
         path.write_text(dumps(config))
         gw_env = {
@@ -172,12 +182,14 @@ class BenchStack:
             "DEMO_LITMOS_KEY": LITMOS_KEY,
         }
         args = ["-m", "tests.bench.gateway_proc", "--workers", str(self.workers)]
-        proc = self._spawn(
-            "gateway", [*args, *(["--plain"] if plain else [])], socks["gateway"], gw_env
-        )
+        args += ["--plain"] if plain else []
+        proc = self._spawn("gateway", args, socks["gateway"], gw_env)
+        for name in others:
+            self._spawn(name, args, socks[name], gw_env)
         for sock in socks.values():
             sock.close()
-        self._wait("gateway", f"{self.urls['gateway']}/readyz", timeout=60)
+        for name in ("gateway", *others):
+            self._wait(name, f"{self.urls[name]}/readyz", timeout=60)
         self.gateway_tree = ProcTree(proc.pid)
         if self.workers > 1:  # every worker must be up, not just the first to answer
             deadline = time.monotonic() + 60
@@ -232,21 +244,21 @@ class BenchStack:
 
     # -- teardown ------------------------------------------------------------------------
 
-    def gateway_failures(self) -> dict[str, int]:
-        """The gateway's "request failed" log lines, counted by code and reason."""
+    def gateway_failures(self, *, by_code: bool = False) -> dict[str, int]:
+        """The gateway's "request failed" log lines (every replica's), counted by code and
+        reason, or by code alone."""
         found: Counter[str] = Counter()
-        path = self.workdir / "gateway.log"
-        if not path.exists():
-            return {}
-        with path.open(errors="replace") as lines:
-            for line in lines:
-                if '"request failed"' not in line and "unhandled error" not in line:
-                    continue
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                found[f"{entry.get('code', 'internal')}: {str(entry.get('reason', ''))[:90]}"] += 1
+        for path in sorted(self.workdir.glob("gateway*.log")):
+            with path.open(errors="replace") as lines:
+                for line in lines:
+                    if '"request failed"' not in line and "unhandled error" not in line:
+                        continue
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    code = str(entry.get("code", "internal"))
+                    found[code if by_code else f"{code}: {str(entry.get('reason', ''))[:90]}"] += 1
         return dict(found.most_common(12))
 
     def stop(self) -> None:

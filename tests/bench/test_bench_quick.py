@@ -7,6 +7,8 @@ and every process it started is gone afterwards."""
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -40,24 +42,30 @@ def _check_batch(row: dict[str, object]) -> None:
         assert figures["p50"] <= figures["p95"] <= figures["p99"]
 
 
-def _bench_processes() -> set[str]:
-    """Command lines of running benchmark children (peers, gateway), if any."""
-    found = set()
+MARK = "GATEWAY_BENCH_TEST_RUN"
+
+
+def _marked_processes(token: str) -> list[str]:
+    """Command lines of processes carrying ``MARK=token`` in their environment: the
+    benchmark's children (peers, gateways, redis-server) inherit it, while benchmarks that
+    others run on the machine at the same time do not."""
+    needle = f"{MARK}={token}".encode()
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+                found.append(cmd.decode(errors="replace"))
         except OSError:
             continue
-        if "tests.bench.peers" in cmd or "tests.bench.gateway_proc" in cmd:
-            found.add(f"{proc.name} {cmd}")
     return found
 
 
 @pytest.mark.bench
 def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
-    before = _bench_processes()
+    token = secrets.token_hex(8)
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "tests.bench.run", "--quick", "--json", str(out)],
@@ -65,6 +73,7 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=180,
+        env={**os.environ, MARK: token},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for heading in ("(1, 2, 4)", "(2)", "(3)", "(4)", "(5)", "targets"):
@@ -117,4 +126,4 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
         assert _is_number(crypto[key]) and crypto[key] > 0
     assert all(isinstance(t["met"], bool) for t in report["targets"])
     # nothing left running
-    assert _bench_processes() <= before
+    assert _marked_processes(token) == []

@@ -255,6 +255,9 @@ def replica_stack(
             login_host=url["burst"].split("//")[1],
         )
         app["budget"] = dict(burst_budget or {})
+        # The burst is the four demo employees many times over: every sign-in must spend its
+        # LMS call (no repeat-click link reuse) for the burst to test the shared bucket.
+        app["reuse_links"] = "never"
         config["app"]["burst"] = app
         config_path = Path(workdir.name) / "gateway.toml"
         config_path.write_text(to_toml(config))

@@ -131,7 +131,9 @@ async def test_returning_sign_in_costs_one_lms_call(
     before = calls.count()
     again = await browser.get(f"{demo.gateway_url}/login/{app}", follow_redirects=True)
     assert "Alice Anderson" in again.text
-    assert calls.count() - before == 1
+    # Damstra magic links are reusable: a click seconds later (reuse_links = "repeat_clicks",
+    # the default) gets the link minted a moment ago, without an LMS call. The others: one.
+    assert calls.count() - before == (0 if app == "damstra" else 1)
 
 
 async def test_logout_needs_same_origin_and_csrf_then_ends_the_session(
@@ -170,9 +172,16 @@ async def test_replayed_callback_is_refused(demo: DemoStack, browser: httpx.Asyn
     first = await browser.get(callback)
     assert first.status_code == 303
     calls = demo.skyprep.calls.count()
-    replay = await browser.get(callback)
+    # Another browser (no session) replaying the spent callback gets the expired page.
+    async with httpx.AsyncClient(timeout=20) as other:
+        replay = await other.get(callback)
     assert replay.status_code in (400, 401)
     assert "Please try again from the start" in replay.text or "already used" in replay.text
+    assert demo.skyprep.calls.count() == calls
+    # The browser that landed (Back or Reload onto the callback) carries on with its session
+    # at the app of that sign-in; the spent answer itself is not used again.
+    again = await browser.get(callback)
+    assert again.status_code == 303 and again.headers["location"] == "/login/skyprep"
     assert demo.skyprep.calls.count() == calls
 
 
@@ -185,7 +194,8 @@ async def test_idp_error_gives_a_friendly_page(demo: DemoStack, browser: httpx.A
         form.action, data={**form.fields, "action": "cancel"}, follow_redirects=True
     )
     assert cancelled.status_code == 401
-    assert "We could not sign you in" in cancelled.text and "reference" in cancelled.text
+    assert "Sign-in was not completed" in cancelled.text and "reference" in cancelled.text
+    assert '>Start again</a>' in cancelled.text
     assert "Traceback" not in cancelled.text and "access_denied" not in cancelled.text
     assert demo.skyprep.calls.count() == 0
 

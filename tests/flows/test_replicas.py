@@ -35,7 +35,10 @@ ALLOWED = (ALICE, BOB, CHLOE, OMAR)
 # Scaled time for the burst test: 100 calls per 6 s at the simulator stands for 100 per
 # minute; see test_burst_never_gets_a_429_or_503_and_everyone_gets_in for the budget.
 BURST_LIMIT = (100, 6.0)
-BURST_BUDGET = {"calls_per_minute": 450, "max_wait_seconds": 1.0}
+# The demo IdP has four employees, so the burst is 26 sessions of each: the per-employee
+# share (issue 11) would rightly hold those back; this test is about the shared bucket.
+BURST_BUDGET = {"calls_per_minute": 450, "max_wait_seconds": 1.0,
+                "per_employee_calls_per_minute": 10_000}
 
 
 @pytest.fixture(scope="module")
@@ -137,16 +140,21 @@ async def test_saml_response_used_at_one_replica_is_refused_at_the_other(
         replays = await metric(
             stack, second, 'gateway_replay_rejections_total{idp="demo-saml",kind="assertion"}'
         )
-        # The same response posted again, at the other replica, by the same browser and by
-        # someone who captured it: both refused before anything reaches the LMS.
+        # The same response posted again, at the other replica, by someone who captured it:
+        # refused before anything reaches the LMS. By the browser that signed in (Back or
+        # Reload after landing): refused as well, and that browser carries on with the session
+        # it already has (a 303 to the app, no new session, no LMS call here).
         for client in (person, thief):
             pin(client, second)
             again = await client.post(acs, data=fields)
             assert again.headers["x-served-by"] == second
+            assert "gw_session" not in again.headers.get("set-cookie", "")
+            if client is person:
+                assert again.status_code == 303 and again.headers["location"] == "/login/skyprep"
+                continue
             assert again.status_code in (400, 401), again.text[:400]
             assert "location" not in again.headers
             assert "try again from the start" in again.text or "start again" in again.text
-            assert "gw_session" not in again.headers.get("set-cookie", "")
     assert stack.skyprep.calls.count() == calls
     after = await metric(
         stack, second, 'gateway_replay_rejections_total{idp="demo-saml",kind="assertion"}'
@@ -175,12 +183,17 @@ async def test_oidc_callback_used_at_one_replica_is_refused_at_the_other(
         calls = stack.skyprep.calls.count()
         replays = await metric(stack, second, STATE_REPLAYS)
         pin(person, second)
-        replay = await person.get(callback)
+        # Back/Reload after landing: the state is spent; this browser carries on with its
+        # own session (a 303 to the app), nothing is minted here.
+        reload = await person.get(callback)
+        assert reload.status_code == 303 and reload.headers["location"] == "/login/skyprep"
+    async with browser(second) as thief:
+        replay = await thief.get(callback)
     assert replay.headers["x-served-by"] == second
     assert replay.status_code in (400, 401), replay.text[:400]
     assert "try again from the start" in replay.text or "start again" in replay.text
     assert stack.skyprep.calls.count() == calls
-    assert await metric(stack, second, STATE_REPLAYS) == replays + 1
+    assert await metric(stack, second, STATE_REPLAYS) == replays + 2
     # `gateway serve` logs nothing of the callback's query: no code, no state (uvicorn's
     # access log, which prints whole request lines, is off).
     query = dict(parse_qsl(urlsplit(callback).query))
@@ -189,6 +202,18 @@ async def test_oidc_callback_used_at_one_replica_is_refused_at_the_other(
 
 
 # -- single flight across replicas --------------------------------------------------------------
+
+
+async def past_busy_page(client: httpx.AsyncClient, page: httpx.Response) -> httpx.Response:
+    """What a browser shows once the "just a moment" page (one employee's share of the LMS
+    budget spent) has reloaded itself as often as it needed to (bounded)."""
+    for _ in range(8):
+        if page.status_code != 429:
+            return page
+        assert "Just a moment" in page.text
+        await asyncio.sleep(float(page.headers["retry-after"]))
+        page = await client.get(str(page.url), follow_redirects=True)
+    return page
 
 
 @pytest.mark.parametrize("app", ["damstra", "litmos"])
@@ -214,9 +239,12 @@ async def test_five_simultaneous_first_sign_ins_across_replicas_create_one_accou
             *(c.get(url, follow_redirects=True) for c, url in zip(clients, callbacks, strict=True))
         )
         assert lms_users(stack, app, CHLOE) == 1
-        # Every one of the five got a sign-in link from the gateway, from both replicas.
+        # Every one of the five got a sign-in link from the gateway, from both replicas, or
+        # (one employee's share of the LMS budget spent by the other four) the "just a
+        # moment" page, which reloads itself and then lands with the session it already has.
+        pages = [await past_busy_page(c, p) for c, p in zip(clients, pages, strict=True)]
         hops = [p.history[-1] for p in pages]
-        assert all(h.status_code == 303 and "callback" in h.url.path for h in hops)
+        assert all(h.status_code == 303 for h in hops)
         assert all(host_of(h.headers["location"]) == lms_host(stack, app) for h in hops)
         assert {h.headers["x-served-by"] for h in hops} == {"a", "b"}
         landed = [shows(p, CHLOE) and p.status_code == 200 for p in pages]
@@ -229,9 +257,9 @@ async def test_five_simultaneous_first_sign_ins_across_replicas_create_one_accou
             for i, page in enumerate(pages):
                 if not landed[i]:
                     assert page.status_code == 401 and "already used" in page.text
-                    pages[i] = await clients[i].get(
+                    pages[i] = await past_busy_page(clients[i], await clients[i].get(
                         f"{stack.public_url}/login/{app}", follow_redirects=True
-                    )
+                    ))
         for page in pages:
             assert page.status_code == 200, page.text[:400]
             assert host_of(str(page.url)) == lms_host(stack, app)
@@ -285,8 +313,11 @@ async def test_lms_calls_per_sign_in_first_and_returning_across_replicas(
 
     print(f"\n{app}: first sign-in {first} LMS call(s), returning 1")
     assert first >= 1
-    assert returning_via_idp == [RETURNING_OPERATION[app]]
-    assert returning_with_session == [RETURNING_OPERATION[app]]
+    # Damstra links are reusable: within repeat_click_seconds the link minted a moment ago on
+    # either replica is sent again without an LMS call (the store is shared).
+    expected = [] if app == "damstra" else [RETURNING_OPERATION[app]]
+    assert returning_via_idp == expected
+    assert returning_with_session == expected
 
 
 # -- the budget under a burst -------------------------------------------------------------------
@@ -434,6 +465,11 @@ async def at_idp(stack: ReplicaStack, client: httpx.AsyncClient) -> bool:
     """Whether clicking the app sends ``client`` to the IdP (no valid session) rather than
     to the LMS (signed in). Costs no LMS call either way it is refused."""
     page = await client.get(f"{stack.public_url}/login/skyprep?idp=demo-oidc")
+    if page.status_code == 429:
+        # Signed in, but this employee's share of the LMS budget is spent for the moment
+        # (earlier tests signed them in many times): the session was accepted.
+        assert "Just a moment" in page.text
+        return False
     assert page.status_code == 303, page.text[:400]
     location = page.headers["location"]
     if location.startswith(stack.oidc_url):

@@ -88,11 +88,19 @@ async def test_sp_initiated_sign_in_lands_in_skyprep(
         assert page.status_code == 200, page.text[:300]
         assert "Alice Archer" in page.text and "alice@corp.example" in page.text
         assert "Staff" in page.text and "Trainers" in page.text
-        # the same response again is a replay: refused, and no further LMS call
+        # the same response again is a replay: refused in another browser, with no LMS call
         calls = gateway.skyprep.calls.count()
-        replay = await post_to_acs(browser, gateway, saml_response, relay_state)
+        async with httpx.AsyncClient(timeout=30) as other_browser:
+            replay = await post_to_acs(other_browser, gateway, saml_response, relay_state)
         assert replay.status_code in (400, 401)
         assert gateway.skyprep.calls.count() == calls
+        # ... and in the browser that signed in (Back/Reload after landing), the assertion is
+        # not used again: the browser carries on with its own session.
+        form = {"SAMLResponse": saml_response}
+        if relay_state:
+            form["RelayState"] = relay_state
+        again = await browser.post(f"{gateway.url}/auth/ssp/acs", data=form)
+        assert again.status_code == 303 and again.headers["location"] == "/login/skyprep"
 
 
 async def test_idp_initiated_only_when_enabled(

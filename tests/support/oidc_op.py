@@ -71,7 +71,7 @@ def _npm_install() -> None:
         return
     npm = shutil.which("npm")
     if npm is None:
-        pytest.fail("npm is not installed: .ci/run must install Node.js 20+ and npm")
+        pytest.fail("npm is not installed: .ci/run must install Node.js 18+ and npm")
     subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=OP_DIR, check=True,
                    stdout=subprocess.DEVNULL, timeout=300)
 
@@ -107,7 +107,7 @@ def oidc_op() -> Iterator[OidcOp]:
     """Start the real provider for the test session; stop it afterwards."""
     node = shutil.which("node")
     if node is None:
-        pytest.fail("node is not installed: .ci/run must install Node.js 20+")
+        pytest.fail("node is not installed: .ci/run must install Node.js 18+")
     _npm_install()
     port = free_port()
     op = OidcOp(issuer=f"http://127.0.0.1:{port}", client_id="gateway-test",

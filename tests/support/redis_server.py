@@ -78,16 +78,48 @@ def write_tls_files(directory: Path, name: str = "ca") -> tuple[Path, Path, Path
         )
         .sign(ca_key, hashes.SHA256())
     )
+    # The CA's key too, so :func:`write_client_cert` can issue client certificates.
+    _write_key(directory / f"{name}-key.pem", ca_key)
     paths = (directory / f"{name}.pem", directory / "server.pem", directory / "server-key.pem")
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
+    _write_key(paths[2], key)
+    return paths
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
+
+
+def write_client_cert(directory: Path, ca_name: str = "ca") -> tuple[Path, Path]:
+    """A client certificate signed by the CA :func:`write_tls_files` wrote as ``ca_name`` in
+    ``directory``. Returns (client.pem, client-key.pem)."""
+    ca = x509.load_pem_x509_certificate((directory / f"{ca_name}.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key(
+        (directory / f"{ca_name}-key.pem").read_bytes(), password=None
+    )
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway client")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / "client.pem", directory / "client-key.pem")
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(paths[1], key)
     return paths
 
 
@@ -99,24 +131,49 @@ class RedisServer:
     """
 
     def __init__(
-        self, password: str | None = None, *, tls: bool = False, extra_args: Sequence[str] = ()
+        self,
+        password: str | None = None,
+        *,
+        tls: bool = False,
+        extra_args: Sequence[str] = (),
+        username: str | None = None,
+        acl_rules: str = "~* &* +@all",
+        tls_client_certs: bool = False,
+        tls_files: tuple[Path, Path, Path] | None = None,
     ) -> None:
         """``extra_args`` are more redis-server options, e.g. ``("--maxmemory-policy",
-        "allkeys-lru")``."""
+        "allkeys-lru")``.
+
+        ``username`` (with ``password``) makes ``password`` that ACL user's, with the
+        permissions ``acl_rules``, and turns the ``default`` user off (as managed Redis
+        services do). ``tls_client_certs`` makes a TLS server require a client certificate
+        from its CA (:attr:`client_cert`, :attr:`client_key`). ``tls_files`` (ca, cert, key
+        from :func:`write_tls_files`) share one CA between servers; by default each TLS server
+        gets a CA of its own."""
         self.password = password
+        self.username = username
         self._extra_args = list(extra_args)
+        if username is not None:
+            assert password, "an ACL user needs a password here"
+            self._extra_args += [
+                "--user", "default", "off",
+                "--user", username, "on", f">{password}", *acl_rules.split(),
+            ]  # fmt: skip
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="gw-redis-"))
         self.ca_file: Path | None = None
+        self.client_cert: Path | None = None
+        self.client_key: Path | None = None
         self._tls_args: list[str] = []
         if tls:
-            ca, cert, key = write_tls_files(self.dir)
+            ca, cert, key = tls_files or write_tls_files(self.dir)
             self.ca_file = ca
+            self.client_cert, self.client_key = write_client_cert(ca.parent, ca.stem)
             self._tls_args = [
                 "--tls-cert-file", str(cert),
                 "--tls-key-file", str(key),
                 "--tls-ca-cert-file", str(ca),
-                "--tls-auth-clients", "no",
+                "--tls-auth-clients", "yes" if tls_client_certs else "no",
             ]  # fmt: skip
         self._proc: subprocess.Popen[bytes] | None = None
         self._frozen = False
@@ -166,9 +223,12 @@ class RedisServer:
                 sock: socket.socket = raw
                 if self.ca_file:
                     context = ssl.create_default_context(cafile=str(self.ca_file))
+                    assert self.client_cert and self.client_key
+                    context.load_cert_chain(self.client_cert, self.client_key)
                     sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 if self.password:
-                    sock.sendall(f"AUTH {self.password}\r\n".encode())
+                    user = f"{self.username} " if self.username else ""
+                    sock.sendall(f"AUTH {user}{self.password}\r\n".encode())
                     if not sock.recv(64).startswith(b"+OK"):
                         return False
                 sock.sendall(b"PING\r\n")
@@ -189,6 +249,17 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed host or a pulled cable: no goodbye to clients or replicas."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def restart(self) -> None:
         self.stop()
