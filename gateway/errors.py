@@ -60,6 +60,9 @@ class GatewayError(Exception):
     # to do next, log level). Subclasses name their own where the employee should read
     # something different.
     page = "internal"
+    # The app the failed request was for, when only the failing code knew it (an IdP's
+    # answer names its app only inside the pending sign-in); pages link "Start again" to it.
+    app: str | None = None
 
     def __init__(self, reason: str = "", *, public: str | None = None) -> None:
         super().__init__(reason or self.code)

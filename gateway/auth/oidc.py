@@ -336,6 +336,16 @@ class OidcFrontDoor:
                 check="callback_iss_mismatch",
             )
         request = LoginRequest(pending["app"], pending["target"], pending["return_to"])
+        try:
+            return await self._complete_for(discovery, params, pending, request)
+        except GatewayError as exc:
+            exc.app = request.app  # the error page's "Start again" goes back to this app
+            raise
+
+    async def _complete_for(
+        self, discovery: Discovery, params: Mapping[str, str], pending: dict[str, Any],
+        request: LoginRequest,
+    ) -> tuple[Identity, LoginRequest]:
         if "error" in params:
             code = params["error"] if _ERROR_CODE.fullmatch(params["error"]) else "invalid"
             detail = _clean(params.get("error_description", ""), 200)

@@ -84,7 +84,7 @@ def gateway_error_response(
     if request.url.path.startswith("/api/"):
         body = {"error": exc.code, "message": exc.public, "reference": reference}
         return JSONResponse(body, status_code=exc.status, headers=headers)
-    runtime = _known_app(svc, request, app)
+    runtime = _known_app(svc, request, app if app is not None else exc.app)
     app_label = (runtime.settings.display_name or runtime.name) if runtime else None
     if isinstance(exc, BudgetExhausted) and (request.method == "GET" or resume):
         # Both reload themselves; whoever waited longest tends to get the next token.

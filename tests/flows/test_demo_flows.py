@@ -195,7 +195,8 @@ async def test_idp_error_gives_a_friendly_page(demo: DemoStack, browser: httpx.A
     )
     assert cancelled.status_code == 401
     assert "Sign-in was not completed" in cancelled.text and "reference" in cancelled.text
-    assert '>Start again</a>' in cancelled.text
+    # "Start again" goes back to the app the sign-in was for, not the index of apps.
+    assert '<a class="button" href="/login/skyprep">Start again</a>' in cancelled.text
     assert "Traceback" not in cancelled.text and "access_denied" not in cancelled.text
     assert demo.skyprep.calls.count() == 0
 
