@@ -5,7 +5,7 @@ the right shape cannot be built, so the cross-field rules never ran and a file w
 error in one app and a trust problem in another showed only the first. Here, when the whole
 file does not validate, each section (``[gateway]``, ``[store]``... and every ``[idp.x]``,
 ``[app.y]``, ``[portal.z]`` on its own) is validated separately, the valid ones are put
-together, and :func:`gateway.config.check_rules` runs on them, told which sections were left
+together, and :func:`gateway.config_rules.check_rules` runs on them, told which sections were left
 out so that nothing is reported about a stand-in and no name that exists is "unknown".
 
 Lint mode (``lint_secrets``) validates with secrets that are not available: each secret
@@ -25,7 +25,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from gateway.config import _adapter, _describe, check_rules, toml_problem
+from gateway.config import _adapter, _describe, toml_problem
+from gateway.config_rules import check_rules
 from gateway.settings import GatewaySettings, Secret, Settings, UncheckedSecret
 
 # Built on first use (schema generation is not import-time work), one per Settings field.

@@ -7,7 +7,7 @@ Groups and roles are scoped by IdP (the trust model in the README): an IdP's gro
 (``required_groups``, ``group_map``) only when the app trusts it for groups (``group_idps``),
 and its groups grant a role from ``role_map`` only when it is trusted for roles
 (``role_idps``); anyone else gets ``default_role``. Without those keys the app's IdP is
-trusted when it has exactly one (``config.check_rules`` makes apps with several name them).
+trusted when it has exactly one (``config_rules.check_rules`` makes apps with several name them).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ its user in *as* the other IdP's employee.
 
 :func:`vouch` is the one place this is enforced for sign-ins of both protocols; it runs in
 ``web/handlers.finish_login`` before any LMS call and before a session is issued. Subjects,
-employee numbers, groups and roles are scoped by IdP elsewhere (``config.check_rules`` refuses
+employee numbers, groups and roles are scoped by IdP elsewhere (``config_rules.check_rules`` refuses
 ambiguous apps; ``policy.profile_for`` reads groups and roles only from trusted IdPs).
 """
 

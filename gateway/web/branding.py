@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.config import LOGO_TYPES
+from gateway.config_rules import LOGO_TYPES
 from gateway.errors import NotFound
 from gateway.settings import BrandingSettings
 
