@@ -246,7 +246,8 @@ def _cmd_check_connectors(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.sandbox.demo import PortInUse, run_demo
+    from gateway.sandbox.demo import PortInUse
+    from gateway.sandbox.demo_run import run_demo
 
     try:
         return run_demo(args.port, write_config=args.write_config)

@@ -145,7 +145,8 @@ def effective_trust(
 
 
 def settings_problems(settings: Settings) -> list[str]:
-    """Every problem with the CA bundles a configuration names (for ``config_rules.check_rules``)."""
+    """Every problem with the CA bundles a configuration names (for
+    ``config_rules.check_rules``)."""
     gw = settings.gateway
     problems: list[str | None] = []
     places: list[tuple[str, str | None, CaMode | None]] = [
