@@ -199,6 +199,8 @@ class RequestContext:
             f"default-src 'none'; style-src 'self'; img-src {images}; "
             "frame-ancestors 'none'; base-uri 'none'"
         ).encode()
+        # Built once: the same list serves every response.
+        self._default_headers = tuple(self._defaults())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -212,7 +214,7 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                for name, value in self._defaults():
+                for name, value in self._default_headers:
                     # A page that set its own CSP (embed pages: frame-ancestors <portals>)
                     # must not be contradicted by X-Frame-Options: DENY.
                     framing_set = (

@@ -16,6 +16,14 @@ and gives back what it did not need. A call beyond the reservation (retries, an 
 extra call) is a *continuing* call: it waits up to the sign-in's deadline, never the queue
 page. So every call spent leads to a landing unless the LMS itself fails.
 
+Why a queued sign-in keeps its calls reserved (issue 11, item 7): when the queue page only
+said "come back later", a returning browser found its slot taken by whoever's reservation
+happened to fit in ``max_wait_seconds`` at that moment, so the queue was a lottery (p95 wait
+294 s for a 300-employee Damstra burst). Now a new sign-in whose calls are further away still
+reserves them, up to ``max_queue_seconds`` ahead, under a ticket in the store for that employee
+and app (:mod:`gateway.queue_ticket`); the queue page comes back just in time and the
+employee's next sign-in, on any replica, claims those calls instead of taking new ones.
+
 Classes (:mod:`gateway.call_context`): continuing calls wait up to the deadline; new sign-ins
 up to ``max_wait_seconds`` and within the employee's share; background work (SCIM) takes only
 tokens that are there now above ``scim_reserve`` and never queues.
@@ -25,12 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from gateway.call_context import CallClass, CallContext, current
+from gateway.circuit import Circuit
 from gateway.errors import BudgetExhausted, DeadlineExceeded, EmployeeBusy, LmsUnavailable
+from gateway.queue_ticket import claim, epoch_key, put, ticket_key
 from gateway.settings import BudgetSettings
 from gateway.store.base import Store
 
@@ -39,14 +49,6 @@ from gateway.store.base import Store
 FIRST_PAUSE = 2.0
 MAX_PAUSE_WITHOUT_RETRY_AFTER = 60.0
 MAX_PAUSE = 600.0
-
-
-@dataclass
-class _Circuit:
-    failures: int = 0
-    open_until: float = 0.0
-    # When the half-open probe was let through (None: no probe in flight).
-    probe_started: float | None = None
 
 
 class Budget:
@@ -73,7 +75,7 @@ class Budget:
         # Background work leaves this many tokens for sign-ins (below the burst, so it can
         # run at all on an idle bucket).
         self.reserve_floor = float(min(settings.scim_reserve, self.burst - 1))
-        self._circuit = _Circuit()
+        self._circuit = Circuit(app, settings.circuit_failures, settings.circuit_open_seconds)
         # Tokens left in the shared bucket as of this replica's last take (for /metrics).
         self.tokens_left = self.burst
         # 429s in a row without Retry-After (grows the pause), and when this replica last
@@ -83,7 +85,7 @@ class Budget:
 
     @property
     def circuit_open(self) -> bool:
-        return self._circuit.open_until > self.clock()
+        return self._circuit.is_open(self.clock())
 
     # -- reservations (sign-ins) --------------------------------------------------------
 
@@ -93,16 +95,22 @@ class Budget:
         back what was not spent.
 
         A sign-in that has not spent calls yet is admitted within ``max_wait_seconds`` (and
-        its deadline) and within the employee's share, or refused whole: EmployeeBusy over the
-        share, BudgetExhausted (with position and retry_after) past the bound. One that has
-        already spent calls (continuing) waits up to its deadline instead (DeadlineExceeded).
+        its deadline) and within the employee's share: EmployeeBusy over the share,
+        BudgetExhausted (with position and retry_after) past the bound. Past the bound its
+        calls stay reserved under a queue ticket when they are within ``max_queue_seconds``
+        (see :meth:`_reserve_in_line`); beyond that nothing is taken. One that has already
+        spent calls (continuing) waits up to its deadline instead (DeadlineExceeded);
+        background work never queues.
         """
         if calls <= 0:
             return 0.0
-        if self._circuit.open_until > self.clock():
+        if self._circuit.is_open(self.clock()):
             raise LmsUnavailable(f"circuit open for app {self.app}")
         continuing = ctx.continuing
         background = ctx.call_class is CallClass.BACKGROUND
+        if not (continuing or background or ctx.employee is None
+                or self.settings.max_queue_seconds <= 0):
+            return await self._reserve_in_line(ctx, ctx.employee, calls)
         share = 0 if continuing or background or ctx.employee is None else calls
         if share:
             await self._charge_share(ctx.employee or "", share)
@@ -120,6 +128,69 @@ class Budget:
         ctx.prepaid_share += share
         ctx.prepaid_at = now
         return max(0.0, (1 - before) / rate)
+
+    async def _reserve_in_line(self, ctx: CallContext, employee: str, calls: int) -> float:
+        """A new sign-in of a known employee: claim the ticket their last queue page left, or
+        reserve ``calls`` now, up to ``max_queue_seconds`` ahead. When the calls it needs
+        mature within ``max_wait_seconds`` (and the deadline) they become ``ctx.prepaid``;
+        otherwise they stay reserved under a ticket and BudgetExhausted says when to come back,
+        so nobody arriving later can take this employee's place (:mod:`gateway.queue_ticket`)."""
+        key = ticket_key(self.app, employee)
+        ticket = await claim(self._store, key)
+        now = self.clock()
+        rate = self.refill_per_minute / 60.0
+        tokens: list[float] = []
+        share, epoch = 0, None
+        if ticket is not None:
+            epoch = await self._epoch()
+            if ticket.epoch == epoch:
+                tokens, share = ticket.maturities(now, rate), ticket.share
+            elif ticket.share:
+                # Reserved before a pause, which forgave every reservation: nothing is held.
+                await self._give_back_share(employee, ticket.share)
+        if len(tokens) < calls:
+            # No ticket, or one for fewer calls (it was left by a returning sign-in).
+            extra, charged = calls - len(tokens), False
+            try:
+                await self._charge_share(employee, extra)
+                charged = True
+                left = await self._take(ctx, extra, continuing=False, queue=True)
+            except BaseException:
+                if charged:
+                    await self._give_back_share(employee, extra)
+                if tokens and epoch is not None:  # keep the place already held
+                    await put(self._store, key, len(tokens), share, epoch, tokens[-1] - now)
+                raise
+            now, before = self.clock(), left + extra
+            # Token i (0-based) matures when the bucket, refilling at ``rate``, reaches i + 1.
+            tokens += [now + max(0.0, (i + 1 - before) / rate) for i in range(extra)]
+            share += extra
+            tokens.sort()
+        remaining = ctx.remaining(now)
+        bound = self.settings.max_wait_seconds if remaining is None else min(
+            self.settings.max_wait_seconds, remaining)
+        needed = tokens[calls - 1]
+        if needed - now <= bound + 1e-6:
+            ctx.prepaid.extend(tokens)
+            ctx.prepaid_share += share
+            ctx.prepaid_at = now
+            return tokens[0] - now
+        if epoch is None:
+            # A fresh place in line. (A pause between our take and this read would leave the
+            # ticket looking valid: at worst its calls meet one 429, retried in the deadline.)
+            epoch = await self._epoch()
+        await put(self._store, key, len(tokens), share, epoch, tokens[-1] - now)
+        # Back just in time: its calls then mature within the wait a sign-in may spend here.
+        raise BudgetExhausted(
+            f"LMS budget of app {self.app} spent; this sign-in's calls are reserved, the "
+            f"needed ones in {needed - now:.1f}s",
+            retry_after=max(1.0, needed - now - bound + 0.01),
+            position=max(0, math.ceil((tokens[0] - now) * rate - 1 - 1e-9)),
+        )
+
+    async def _epoch(self) -> str:
+        raw = await self._store.get(epoch_key(self.app))
+        return raw.decode(errors="replace") if raw else ""
 
     async def release(self, ctx: CallContext) -> int:
         """Give back the prepaid tokens ``ctx`` did not spend (to the app's bucket and the
@@ -171,7 +242,7 @@ class Budget:
         deadline, and LmsUnavailable while the circuit is open.
         """
         ctx = current() if ctx is None else ctx
-        probe = self._check_circuit()
+        probe = self._circuit.check(self.clock())
         started = self.clock()
         try:
             if ctx.prepaid and ctx.prepaid_at <= self._paused_at:
@@ -189,14 +260,14 @@ class Budget:
                 await self.sleep(matures - now)
             return self.clock() - started
         except BaseException:
-            # A probe that never reached the LMS (queue page, store down, client gone)
-            # proved nothing: free the slot so the next sign-in can probe.
-            if probe is not None and self._circuit.probe_started == probe:
-                self._circuit.probe_started = None
+            self._circuit.abandon(probe)
             raise
 
-    async def _take(self, ctx: CallContext, calls: int, *, continuing: bool) -> float:
-        """Take ``calls`` tokens for ``ctx``'s class; returns the tokens left after them."""
+    async def _take(
+        self, ctx: CallContext, calls: int, *, continuing: bool, queue: bool = False
+    ) -> float:
+        """Take ``calls`` tokens for ``ctx``'s class; returns the tokens left after them.
+        With ``queue`` they may be reserved up to ``max_queue_seconds`` ahead (a ticket)."""
         started = self.clock()
         remaining = ctx.remaining(started)
         if continuing:
@@ -209,15 +280,19 @@ class Budget:
         until = started + bound
         while True:
             left = max(0.0, until - self.clock())
+            ahead = max(left, self.settings.max_queue_seconds) if queue else left
             wait, self.tokens_left, taken = await self._store.take_tokens(
-                self._key, self.refill_per_minute, self.burst, calls, left, floor=floor
+                self._key, self.refill_per_minute, self.burst, calls, ahead, floor=floor
             )
             if taken:
                 return self.tokens_left
-            if wait > left or floor is not None:
+            if wait > left:
                 self._refuse(ctx, wait, continuing=continuing)
-            # Paused by a 429 (nothing reserved): wait it out, then queue up. At least a
-            # millisecond, so float rounding can never make this spin on the store.
+            # Paused by a 429 (nothing reserved): wait it out, then queue up. Background work
+            # (floor set) reserves nothing: it waits, within the same bound, until tokens above
+            # the sign-ins' reserve are there, so a SCIM request needing more calls than the
+            # burst holds above the reserve still finishes on an idle app, and yields to every
+            # sign-in on a busy one. At least a millisecond, so float rounding cannot spin.
             await self.sleep(max(wait, 0.001))
 
     def _refuse(self, ctx: CallContext, wait: float, *, continuing: bool) -> None:
@@ -249,34 +324,13 @@ class Budget:
         seconds = max(1.0, min(seconds, MAX_PAUSE))
         self._paused_at = self.clock()
         await self._store.pause_bucket(self._key, seconds)
-
-    def _check_circuit(self) -> float | None:
-        """Refuse at once while open; while half-open let one probe through and return
-        the time it started (None when the circuit is closed)."""
-        circuit = self._circuit
-        if circuit.open_until == 0.0:
-            return None
-        now = self.clock()
-        if circuit.open_until > now:
-            raise LmsUnavailable(f"circuit open for app {self.app}")
-        # One probe at a time while half-open; the others are refused at once. A probe that
-        # never reports back (e.g. its call ended in a 429, which is neither success nor
-        # failure) is given up after another open period, so the circuit cannot stick.
-        if (
-            circuit.probe_started is not None
-            and now - circuit.probe_started < self.settings.circuit_open_seconds
-        ):
-            raise LmsUnavailable(f"circuit half-open for app {self.app}, probe in flight")
-        circuit.probe_started = now
-        return now
+        # The pause forgave every reservation, queue tickets' too: a new epoch voids them. (A
+        # day outlives any ticket; one app, one small key.)
+        await self._store.set(epoch_key(self.app), secrets.token_hex(8).encode(), 86400.0)
 
     def record_success(self) -> None:
-        self._circuit = _Circuit()
+        self._circuit.success()
         self._rate_limited_streak = 0
 
     def record_failure(self) -> None:
-        circuit = self._circuit
-        circuit.failures += 1
-        circuit.probe_started = None
-        if circuit.failures >= self.settings.circuit_failures:
-            circuit.open_until = self.clock() + self.settings.circuit_open_seconds
+        self._circuit.failure(self.clock())

@@ -287,6 +287,11 @@ async def portal_embed(
     return {"embedUrl": url}
 
 
+# LMS calls one player URL costs (Damstra: read the schedule to check whose it is, then mint
+# the player). A signed-in employee's frame reserves them all from their share up front.
+EMBED_CALLS = 2
+
+
 async def session_embed(connector: object, app: str, user_id: str, schedule_id: str) -> str:
     """The player URL to redirect a signed-in employee's iframe to (303, with
     :func:`embed_headers`). ``user_id`` is the LMS account cached for the session."""

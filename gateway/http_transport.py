@@ -197,7 +197,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadError(type(exc).__name__, request=request) from None
         return httpx.Response(
             response.status,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
+            # The raw bytes, as httpx's own transport hands them over: httpx works out their
+            # encoding. (Decoding them here first was slower, and a non-ASCII byte in any
+            # header then failed httpx's re-encoding with an unmapped UnicodeEncodeError.)
+            headers=list(response.raw_headers),
             stream=_Body(response),
             extensions={"http_version": b"HTTP/1.1"},
         )

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,5 +52,18 @@ class Profile:
 
     def digest(self) -> str:
         """A short fingerprint of the profile, so a cache can tell when an update is due."""
-        encoded = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        # A shallow field dict encodes exactly as ``asdict`` would (every field is a string,
+        # None or a tuple of them), without its deep copy (~13 us per call).
+        fields_ = {name: getattr(self, name) for name in _PROFILE_FIELDS}
+        encoded = json.dumps(fields_, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()[:32]
+
+
+_PROFILE_FIELDS = tuple(f.name for f in fields(Profile))
+IDENTITY_FIELDS = tuple(f.name for f in fields(Identity))
+
+
+def identity_dict(identity: Identity) -> dict[str, Any]:
+    """``dataclasses.asdict(identity)`` without the deep copy: every field is a string, an
+    int, None or a tuple of strings, so a shallow dict serialises the same."""
+    return {name: getattr(identity, name) for name in IDENTITY_FIELDS}

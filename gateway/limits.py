@@ -22,6 +22,7 @@ behind one NAT address) who completes sign-ins is not blocked by earlier abandon
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -37,6 +38,9 @@ log = logging.getLogger("gateway.limits")
 _BUSY = "Too many sign-ins are being started right now; please try again in a minute."
 
 
+# Parsing an address costs more than all of a sign-in's counter updates in the memory store;
+# a bounded cache (one entry per recent client) keeps it off the hot path.
+@functools.lru_cache(maxsize=4096)
 def client_key(host: str | None) -> str:
     """The address a per-client limit counts by: IPv4 as is, IPv6 by its /64 prefix."""
     if not host:

@@ -309,6 +309,9 @@ class BudgetSettings:
     calls_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 100
     # A sign-in waits this long for a token before the queue page is shown.
     max_wait_seconds: Annotated[float, Field(ge=0, le=60)] = 5.0
+    # A sign-in whose calls are further away than max_wait_seconds still reserves them, up to
+    # this far ahead, and keeps that place in line across the queue page's reloads (0: off).
+    max_queue_seconds: Annotated[float, Field(ge=0, le=3600)] = 600.0
     retries: Annotated[int, Field(ge=0, le=5)] = 2
     circuit_failures: Annotated[int, Field(ge=1, le=100)] = 5
     circuit_open_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0

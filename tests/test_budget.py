@@ -325,32 +325,39 @@ async def test_a_probe_that_never_reports_back_is_given_up() -> None:
 
 
 async def test_background_work_only_spends_above_the_sign_ins_reserve() -> None:
-    """SCIM (background) takes tokens that are there now, leaving ``scim_reserve`` for
-    sign-ins; at or below it, it is refused at once with a Retry-After, never queued."""
+    """SCIM (background) takes only tokens above ``scim_reserve``, reserving nothing: at the
+    reserve it waits (within max_wait_seconds) for the refill to lift the bucket above it, so
+    a request needing more calls than that still finishes on an idle app; when sign-ins have
+    reserved the bucket further ahead than that, it is refused with a Retry-After."""
     clock = FakeClock()
-    budget = virtual_budget(clock, calls_per_minute=100, scim_reserve=5)  # burst 10
+    budget = virtual_budget(clock, calls_per_minute=100, scim_reserve=5)  # burst 10, 1.5/s
     scim = CallContext(call_class=CallClass.BACKGROUND)
     for _ in range(5):
         assert await budget.acquire(scim) == 0.0
+    # The sixth waits for one token of refill (2/3 s) instead of dipping into the reserve.
+    assert await budget.acquire(scim) == pytest.approx(2 / 3, abs=0.01)
+    # Sign-ins still have the reserve, and may queue beyond it: a sign-in under way reserving
+    # 15 calls puts the bucket ~10 s from lifting above the reserve again, past
+    # max_wait_seconds (5 s): SCIM is told to come back later.
+    await budget.reserve(CallContext(call_class=CallClass.CONTINUING), 15)
+    slept = len(clock.slept)
     with pytest.raises(BudgetExhausted) as caught:
         await budget.acquire(scim)
-    assert caught.value.retry_after == pytest.approx(1.0)  # 1 token at 1.5/s, at least 1 s
-    assert clock.slept == []
-    # Sign-ins still have the reserve, and may queue beyond it.
-    for _ in range(5):
-        assert await budget.acquire(CallContext()) == 0.0
-    assert await budget.acquire(CallContext()) > 0.0
+    assert caught.value.retry_after > 5.0
+    assert len(clock.slept) == slept  # refused at once, nothing reserved for SCIM
 
 
 async def test_a_reservation_is_all_or_nothing() -> None:
     clock = FakeClock()
-    budget = virtual_budget(clock, calls_per_minute=60, max_wait_seconds=2.0)  # burst 6
+    # Burst 6; a queue ticket may reserve up to 3 s ahead (beyond it: refused, nothing held).
+    budget = virtual_budget(clock, calls_per_minute=60, max_wait_seconds=2.0,
+                            max_queue_seconds=3.0)
     first = CallContext(employee="a")
     await budget.reserve(first, 3)
     assert first.prepaid == [clock.now] * 3
     second = CallContext(employee="b")
     await budget.reserve(second, 3)
-    # Third sign-in: its 3rd token would mature 3 / 0.9 s from now, past 2 s: nothing taken.
+    # Third sign-in: its 3rd token would mature 3 / 0.9 s from now, past 3 s: nothing taken.
     third = CallContext(employee="c")
     with pytest.raises(BudgetExhausted) as caught:
         await budget.reserve(third, 3)

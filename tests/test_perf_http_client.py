@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway.connectors._http import build_client
@@ -31,10 +31,19 @@ async def moved(_: Request) -> Response:
     return RedirectResponse("/echo", status_code=302)
 
 
+async def accented(_: Request) -> Response:
+    # Starlette encodes header values as Latin-1: b"caf\xe9", neither ASCII nor UTF-8.
+    return JSONResponse({"ok": True}, headers={"X-Note": "café"})
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Served]:
     served = serve_in_thread(
-        Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"]), Route("/moved", moved)])
+        Starlette(routes=[
+            Route("/echo", echo, methods=["GET", "POST"]),
+            Route("/moved", moved),
+            Route("/accented", accented),
+        ])
     )
     yield served
     served.stop()
@@ -50,7 +59,7 @@ async def test_one_employees_cookie_never_rides_on_the_next_call(server: Served)
         assert first.cookies.get("session") == "victim"  # the answer still shows it
         assert not http.cookies  # but the client kept nothing
         with pytest.raises(TypeError):
-            http.cookies = {"session": "x"}  # type: ignore[assignment]
+            http.cookies = {"session": "x"}
 
 
 async def test_redirect_is_returned_not_followed_with_next_request(server: Served) -> None:
@@ -87,3 +96,13 @@ async def test_timeouts_come_from_each_request(server: Served) -> None:
         other = await http.get(f"{server.url}/echo")
     assert one.request.extensions["timeout"]["read"] == 1.0
     assert other.request.extensions["timeout"]["read"] == 5
+
+
+async def test_non_ascii_response_header_is_read_not_a_crash(server: Served) -> None:
+    """An LMS answer with a Latin-1 byte in a header (seen in the wild in filenames and
+    reason texts) is an ordinary answer: the transport hands httpx the raw bytes."""
+    async with build_client(HttpSettings()) as http:
+        response = await http.get(f"{server.url}/accented")
+    assert response.status_code == 200
+    assert response.headers["x-note"] == "café"
+    assert response.json() == {"ok": True}

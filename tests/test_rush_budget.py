@@ -168,7 +168,7 @@ def test_one_looping_employee_cannot_starve_the_others() -> None:
 
 def test_the_queue_page_says_how_many_calls_are_ahead() -> None:
     """A sign-in refused by the budget learns how many reserved calls are ahead of it in the
-    shared bucket and when its own would mature."""
+    shared bucket and when to come back for its own."""
 
     async def scenario() -> tuple[BudgetExhausted, float]:
         rig = build("damstra", calls_per_minute=60, max_wait_seconds=5.0, latency=30.0)
@@ -190,6 +190,7 @@ def test_the_queue_page_says_how_many_calls_are_ahead() -> None:
 
     refused, rate = run(scenario())
     assert refused.position == 3  # the third sign-in's 3 calls, reserved below zero
-    # Our 3 calls mature once those 3 and ours have refilled: (3 + 3) / rate.
-    assert refused.retry_after == pytest.approx(6 / rate, rel=0.02)
+    # Our 3 calls (now held under a queue ticket) mature once those 3 and ours have refilled,
+    # (3 + 3) / rate; the page comes back max_wait_seconds before that, just in time.
+    assert refused.retry_after == pytest.approx(6 / rate - 5.0, rel=0.02)
     assert math.isfinite(refused.retry_after)

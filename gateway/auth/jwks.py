@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +42,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 from joserfc.jws import JWSRegistry
 
+from gateway import jsonsafe
 from gateway.errors import IdpUnavailable, TokenValidationError
 from gateway.observability import log_event
 
@@ -98,8 +98,9 @@ async def request_json(
         detail = f" ({exc})" if str(exc).startswith("TLS ") else ""
         raise IdpUnavailable(f"{what} unreachable: {type(exc).__name__}{detail}") from None
     try:
-        body = json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError):
+        # A hostile IdP's deeply nested answer is garbage like any other, not a 500.
+        body = jsonsafe.loads(b"".join(chunks))
+    except ValueError:
         body = None
     return HttpAnswer(status, body)
 
@@ -273,8 +274,8 @@ async def verify_id_token(
         except (JoseError, ValueError, TypeError):  # bad signature, wrong curve, ...
             continue
         try:
-            claims = json.loads(signed.payload)
-        except (ValueError, UnicodeDecodeError):
+            claims = jsonsafe.loads(signed.payload)
+        except ValueError:
             raise TokenValidationError("ID token payload is not JSON",
                                        check="malformed_jws") from None
         if not isinstance(claims, dict):

@@ -26,14 +26,14 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.identity import Identity
+from gateway.identity import Identity, identity_dict
 from gateway.store.base import Store
 
 
@@ -111,10 +111,10 @@ class SessionManager:
         (no cookie is set then: it could never be honoured)."""
         if self._relevant_groups is not None:
             kept = tuple(g for g in identity.groups if g in self._relevant_groups)
-            identity = Identity(**{**asdict(identity), "groups": kept})
+            identity = replace(identity, groups=kept)
         session = Session(secrets.token_urlsafe(18), identity, int(self._clock()), app)
         value = self._serializer.dumps(
-            {"sid": session.sid, "iat": session.issued_at, "identity": asdict(identity)}
+            {"sid": session.sid, "iat": session.issued_at, "identity": identity_dict(identity)}
         )
         record = b"app:" + app.encode() if app else b"1"
         await self._store.set(_session_key(session.sid), record, self.lifetime)

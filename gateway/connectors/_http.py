@@ -25,7 +25,6 @@ Every connector sends its calls through :class:`LmsHttp`, which:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -37,6 +36,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from gateway import jsonsafe
 from gateway.budget import Budget
 from gateway.call_context import CallContext, current
 from gateway.errors import (
@@ -113,8 +113,8 @@ def retry_after_seconds(value: str | None) -> float | None:
 def json_body(response: httpx.Response, operation: str) -> Any:
     """The decoded JSON body, or ConnectorError when it is not JSON."""
     try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return jsonsafe.loads(response.content)  # deep nesting too: a ConnectorError
+    except ValueError:
         raise ConnectorError(
             f"{operation}: LMS answered {response.status_code} with a body that is not JSON"
         ) from None
@@ -355,7 +355,7 @@ class LmsHttp:
 def _error_detail(response: httpx.Response) -> str:
     """A short, secret-free description of an LMS error body for the operator's log."""
     try:
-        body = response.json()
+        body = jsonsafe.loads(response.content)
     except ValueError:
         return ""
     if not isinstance(body, dict):

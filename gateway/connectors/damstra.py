@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from gateway import jsonsafe
 from gateway.connectors._accounts import numeric_id, refuse_privileged
 from gateway.connectors._http import LmsHttp, json_body, same_origin
 from gateway.connectors.base import (
@@ -106,7 +107,7 @@ def _id(value: Any) -> str | None:
 
 def _internal_code(response: httpx.Response) -> int | None:
     try:
-        body = response.json()
+        body = jsonsafe.loads(response.content)
     except ValueError:
         return None
     code = _id(body.get("internalCode")) if isinstance(body, dict) else None
@@ -398,7 +399,7 @@ class DamstraConnector(DamstraLifecycle):
 def _link_from(response: httpx.Response) -> str | None:
     """The sign-in link from a JSON string, a JSON object or a plain-text body."""
     try:
-        body: Any = response.json()
+        body: Any = jsonsafe.loads(response.content)
     except ValueError:
         text = response.text.strip()
         return text if text.startswith(("https://", "http://")) else None

@@ -54,7 +54,7 @@ def write_demo_files(
 ) -> None:
     """Write the TOML configuration, the ``.env`` with the secrets' values, and the metadata."""
     files.config.parent.mkdir(parents=True, exist_ok=True)
-    files.saml_metadata.write_bytes(saml_metadata)
+    _replace_file(files.saml_metadata, saml_metadata)
     document = tomlkit.document()
     for line in [
         "The configuration of a running `gateway demo`: written by the demo, which then loads",
@@ -71,13 +71,27 @@ def write_demo_files(
     document.add(tomlkit.nl())
     for key, value in _without_none(config).items():
         document.add(key, _item(value))
-    files.config.write_text(tomlkit.dumps(document), encoding="utf-8")
+    _replace_file(files.config, tomlkit.dumps(document).encode("utf-8"))
+    env = "# Secrets of the demo's configuration (source it: set -a; . FILE; set +a)\n" + "".join(
+        f"{name}={shlex.quote(value)}\n" for name, value in secrets.items())
     # 0600 from the start: the file holds the demo's (random) signing key and client secret.
-    fd = os.open(files.env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("# Secrets of the demo's configuration (source it: set -a; . FILE; set +a)\n")
-        handle.writelines(f"{name}={shlex.quote(value)}\n" for name, value in secrets.items())
+    _replace_file(files.env, env.encode("utf-8"), mode=0o600)
+
+
+def _replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``path`` whole, never through a link: ``--config`` may name a shared directory
+    where someone planted ``<stem>.env`` as a symlink to a file of ours, which a plain open
+    would truncate and overwrite. A new file (O_EXCL | O_NOFOLLOW, ``mode`` from the start)
+    is renamed over the path, which replaces a link itself, never its target."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _without_none(value: Any) -> Any:

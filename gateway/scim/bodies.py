@@ -3,12 +3,12 @@ query parameters, ``application/scim+json`` answers."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway import jsonsafe
 from gateway.scim.errors import HEADERS, SCIM_JSON, ScimError
 
 MAX_BODY = 64 * 1024
@@ -34,9 +34,9 @@ async def read_body(request: Request) -> dict[str, Any]:
         if len(raw) > MAX_BODY:
             raise ScimError(413, None, "request body too large")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ScimError(400, "invalidSyntax", "the body is not JSON") from None
+        body = jsonsafe.loads(raw, max_depth=jsonsafe.BODY_DEPTH)
+    except ValueError:  # also RecursionError's stand-in: deep nesting is a 400, never a 500
+        raise ScimError(400, "invalidSyntax", "the body is not JSON (or nested too deep)") from None
     if not isinstance(body, dict):
         raise ScimError(400, "invalidSyntax", "the body must be a JSON object")
     return body

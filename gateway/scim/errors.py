@@ -63,13 +63,14 @@ def from_gateway(exc: GatewayError) -> ScimError:
                          retry_after=retry)
     if isinstance(exc, Unauthorized):
         return ScimError(401, None, "a valid SCIM bearer credential is required")
-    if isinstance(exc, Forbidden):
-        return ScimError(403, None, "this credential may not provision this app")
+    # The specific refusals before Forbidden, so a future subclass of it keeps its answer.
     if isinstance(exc, PrivilegedAccount):
         return ScimError(403, None, "the LMS account has a privileged role; "
                                     "it is not managed over SCIM")
     if isinstance(exc, AccessDenied | AccountInactive):
         return ScimError(403, None, "this IdP may not manage this person in this app")
+    if isinstance(exc, Forbidden):
+        return ScimError(403, None, "this credential may not provision this app")
     if isinstance(exc, NotFound):
         return ScimError(404, None, "resource not found")
     if isinstance(exc, AmbiguousAccount):
@@ -99,12 +100,24 @@ def error_response(error: ScimError, reference: str) -> JSONResponse:
                         media_type=SCIM_JSON)
 
 
-def log_failure(exc: Exception, reference: str, app: str, op: str) -> None:
-    """Log a failed SCIM request: the gateway reason for operators, never request bodies."""
+def failure_level(status: int) -> int:
+    """The log level of a SCIM answer's ``status``: 429 is the designed back-pressure
+    (sign-ins first, every morning rush) and only INFO; other refusals and a 503 (the LMS or
+    store is down, which their own logs and the circuit report) are WARNING; only a 500/502,
+    a bug or an LMS answering nonsense, is an ERROR that may page someone."""
+    if status == 429:
+        return logging.INFO
+    if status < 500 or status == 503:
+        return logging.WARNING
+    return logging.ERROR
+
+
+def log_failure(exc: Exception, status: int, reference: str, app: str, op: str) -> None:
+    """Log a failed SCIM request answered with ``status`` (the SCIM answer's, not the gateway
+    exception's: BudgetExhausted is a 503 page but a SCIM 429): the gateway reason for
+    operators, never request bodies."""
     # A SCIM refusal's detail may quote the client's values (an e-mail address): not logged.
     reason = exc.reason if isinstance(exc, GatewayError) else (
         getattr(exc, "scim_type", None) or type(exc).__name__)
-    status = getattr(exc, "status", 500)
-    level = logging.ERROR if isinstance(status, int) and status >= 500 else logging.WARNING
-    log_event(log, level, "scim request failed", app=app, op=op, status=status,
+    log_event(log, failure_level(status), "scim request failed", app=app, op=op, status=status,
               reason=reason, reference=reference)

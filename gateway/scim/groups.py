@@ -18,7 +18,9 @@ system of record and the gateway keeps nothing.
 * **Trust**: members are LMS user ids the IdP's client can see (its ``email_domains``);
   privileged accounts are refused (403). A member change on a mapped group needs the IdP
   in the app's ``group_idps`` (as its group claims at sign-in do), else 403. Every member
-  is read (and checked) before the first write, so a refused request changes nothing.
+  is read (and checked) before the first write, so a request refused for trust changes
+  nothing. One that runs out of LMS budget (429) or meets an LMS outage (503) between its
+  writes is applied in part; member changes are idempotent, so the IdP's retry completes it.
 * **Members** are read from the LMS for ``GET /Groups/{id}`` (left out with
   ``excludedAttributes=members``) and for a full replacement (PUT, or PATCH ``replace`` of
   ``members``); listings and searches leave them out, which keeps them to no LMS call.
@@ -35,6 +37,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from gateway import jsonsafe
 from gateway.connectors.base import GroupCapable, LmsUser
 from gateway.errors import NotFound
 from gateway.identity import Profile
@@ -106,7 +109,7 @@ class GroupService:
         """The Group ``group_id`` names; NotFound when it names no Group of this app."""
         if group_id.startswith("x."):
             try:
-                display, external = json.loads(_unb64(group_id[2:]))
+                display, external = jsonsafe.loads(_unb64(group_id[2:]))
             except (ValueError, TypeError):
                 raise NotFound("scim: malformed group id") from None
             if not isinstance(display, str) or not isinstance(external, str):
@@ -141,7 +144,8 @@ class GroupService:
         if len(wanted) > MAX_CHANGES:
             raise ScimError(400, "tooMany", f"at most {MAX_CHANGES} member changes at once")
         # Every member is read and checked before the first write (nothing changes when one
-        # is refused); a member to remove that is gone or not the IdP's is already "out".
+        # is refused; a 429/503 between writes leaves a part done, which a retry completes);
+        # a member to remove that is gone or not the IdP's is already "out".
         plan: list[tuple[LmsUser, bool]] = []
         for user_id, member in wanted.items():
             try:

@@ -64,7 +64,7 @@ async def _handle(request: Request, op: str, work: Work) -> Response:
     except Exception as exc:  # every failure becomes a SCIM body
         error = _scim_error(exc)
         if isinstance(exc, GatewayError | ScimError | SCIMException | ValidationError):
-            log_failure(exc, reference, label, op)
+            log_failure(exc, error.status, reference, label, op)
         else:  # a bug: logged with its traceback, answered as a SCIM 500
             log.exception("scim request failed", extra={"fields": {"reference": reference}})
         response = error_response(error, reference)

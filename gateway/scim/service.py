@@ -10,7 +10,7 @@ by the connector (PrivilegedAccount, 403).
 
 ``required_groups`` is not applied here: a SCIM User carries no group memberships, and the
 IdP's assignment of people to the app is what decides who is provisioned. Sign-in still
-applies it. An update keeps the account's LMS groups (SCIM Users do not carry them).
+applies it. An update keeps the account's LMS groups and role (SCIM Users carry neither).
 
 Deactivation (PATCH/PUT ``active: false``, or DELETE) never deletes: it deactivates the LMS
 account and drops the gateway's cached account, so the employee's next sign-in looks the
@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.auth.authority import vouch
 from gateway.connectors.base import LifecycleCapable, LmsUser
-from gateway.errors import NotFound
+from gateway.errors import NotFound, PrivilegedAccount
 from gateway.identity import Profile
 from gateway.observability import AUDIT_LOGGER, log_event
 from gateway.policy import normalise_email, profile_for
@@ -71,10 +71,17 @@ class ScimService:
         self, idp: str, lookup: Lookup | None, start: int, count: int
     ) -> tuple[list[LmsUser], int]:
         """A page (0-based ``start``) of the accounts ``lookup`` selects, or of all accounts
-        visible to ``idp`` when None, and the total the response reports."""
+        visible to ``idp`` when None, and the total the response reports.
+
+        Unfiltered, ``start`` counts LMS accounts. For an IdP limited to ``email_domains``
+        the total counts only its own people up to this page: the LMS-wide total would tell
+        it how many accounts other IdPs' people hold. Such an IdP finds people by filter
+        (``userName eq``), as Entra and Okta do; an unfiltered listing is one page."""
         if lookup is None:
             users, total = await self.connector.list_users(start, max(count, 1))
             visible = [u for u in users if self.visible(idp, u)][:count]
+            if self._idps[idp].email_domains:
+                return visible, start + len(visible)
             return visible, total if total is not None else start + len(users)
         found = await self._find(idp, lookup)
         matches = [found] if found is not None else []
@@ -103,13 +110,18 @@ class ScimService:
         value = lookup.value.strip()
         if kind == "email":
             email = normalise_email(value)
-            if email is None:
-                return None
+            if email is None or not self._owns(idp, email):
+                return None  # another IdP's address: not even looked up
             probe = Profile(email=email, first_name="", last_name="", username=email)
         else:
             probe = Profile(email="", first_name="", last_name="", username=value,
                             employee_number=value)
-        user = await self.connector.find_user(probe)
+        try:
+            user = await self.connector.find_user(probe)
+        except PrivilegedAccount:
+            # Privileged accounts are not managed over SCIM (left out of listings too); a
+            # 403 here would tell the caller this number is an admin's, maybe elsewhere.
+            return None
         if user is None or not self.visible(idp, user):
             return None
         same = (user.email.lower() == value.lower() if kind == "email"
@@ -122,8 +134,17 @@ class ScimService:
         """Create the account (409 uniqueness when the LMS already has one for this person:
         IdPs then look it up by filter and PATCH it)."""
         profile = self._profile(idp, resource)
-        if await self.connector.find_user(profile) is not None:
-            raise ScimError(409, "uniqueness", "the LMS already has an account for this person")
+        taken = ScimError(409, "uniqueness", "the LMS already has an account for this person")
+        try:
+            existing = await self.connector.find_user(profile)
+        except PrivilegedAccount:
+            if self.app.match_by == "email":
+                raise  # the address is in the caller's domains: its own admin, say so
+            # Matched by employee number, maybe someone outside the caller's domains: say
+            # "taken" without saying it is an admin's.
+            raise taken from None
+        if existing is not None:
+            raise taken
         active = resource.active is not False
         user = await self.connector.create_user(profile, active=active)
         self.audit(idp, "create", user.user_id)
@@ -133,7 +154,10 @@ class ScimService:
         """Bring ``current`` (already read with :meth:`get`) to ``resource`` (PUT, or the
         result of a PATCH): one update when names, e-mail or employee number differ, one
         activation change when ``active`` differs; nothing when nothing does."""
-        profile = dataclasses.replace(self._profile(idp, resource), groups=current.groups)
+        # A SCIM User carries no groups: keep the account's groups and role (the mapping
+        # would give ``default_role`` and demote someone ``role_map`` raised at sign-in).
+        profile = dataclasses.replace(self._profile(idp, resource), groups=current.groups,
+                                      role=None)
         user = current
         want_active = current.active if resource.active is None else bool(resource.active)
         if want_active and not user.active:
@@ -181,11 +205,15 @@ class ScimService:
 
     def visible(self, idp: str, user: LmsUser) -> bool:
         """Whether ``user`` is one of ``idp``'s people (its ``email_domains``)."""
+        email = normalise_email(user.email)
+        return self._owns(idp, email) if email is not None else not self._idps[idp].email_domains
+
+    def _owns(self, idp: str, email: str) -> bool:
+        """Whether the (normalised) address is in ``idp``'s domains."""
         domains = self._idps[idp].email_domains
         if not domains:
             return True  # the app's only IdP (check-config): every account is its people's
-        email = normalise_email(user.email)
-        return email is not None and email.rpartition("@")[2] in domains
+        return email.rpartition("@")[2] in domains
 
     def audit(self, idp: str, action: str, user_id: str, **extra: str) -> None:
         """One audit event per LMS change: who (the IdP), what, which LMS account (and

@@ -27,6 +27,10 @@ class Store(Protocol):
     async def pop(self, key: str) -> bytes | None:
         """Get and delete in one atomic step (single-use values: state, nonces)."""
 
+    async def pop_with_ttl(self, key: str) -> tuple[bytes, float] | None:
+        """Like :meth:`pop`, with the seconds the key had left to live (on the store's clock,
+        so every replica reads the same time: the LMS queue's tickets keep their maturity so)."""
+
     async def delete(self, key: str) -> None:
         """Remove the key if present."""
 

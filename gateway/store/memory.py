@@ -112,6 +112,13 @@ class MemoryStore:
         self._data.pop(key, None)
         return value
 
+    async def pop_with_ttl(self, key: str) -> tuple[bytes, float] | None:
+        value = self._live(key)
+        if value is None:
+            return None
+        expires = self._data.pop(key)[1]
+        return value, expires - self._clock()
+
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
 

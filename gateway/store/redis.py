@@ -162,6 +162,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+# KEYS[1]. GET, PTTL and DEL in one step: {value, ms left} or nil (a queue ticket claimed).
+_POP_WITH_TTL = """
+local v = redis.call('GET', KEYS[1])
+if not v then return nil end
+local ms = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {v, ms}
+"""
+
 # Every policy but noeviction may drop keys under memory pressure; the volatile-* ones too,
 # since every key here has a TTL. Dropping a replay-cache or revocation entry would silently
 # turn that check off, so anything else is flagged (README: "Redis: maxmemory-policy").
@@ -257,6 +266,20 @@ class RedisStore:
 
     async def pop(self, key: str) -> bytes | None:
         return _as_bytes(await self._run("pop", lambda: self._redis.getdel(self._k(key))))
+
+    @cached_property
+    def _pop_ttl(self) -> AsyncScript:
+        return self._redis.register_script(_POP_WITH_TTL)
+
+    async def pop_with_ttl(self, key: str) -> tuple[bytes, float] | None:
+        answer = await self._run(
+            "pop_with_ttl", lambda: self._pop_ttl(keys=[self._k(key)], args=[])
+        )
+        if not answer:
+            return None
+        value, ms = answer
+        # PTTL is -1 for a key without a TTL (never written by us): treat it as expiring now.
+        return _as_bytes(value) or b"", max(0.0, int(ms) / 1000.0)
 
     async def delete(self, key: str) -> None:
         await self._run("delete", lambda: self._redis.delete(self._k(key)))

@@ -2,7 +2,9 @@
 
 * ``GET /embed/{app}/lesson-schedules/{id}``: the portal's iframe, with the gateway session
   or the frame's embed grant. This is THE browser path: the employee's own sign-in decides
-  whose lessons are shown.
+  whose lessons are shown. Its LMS calls are reserved from that employee's share of the
+  app's budget (a share for lesson frames, the size of the sign-in share): reloading past
+  it answers 429 "just a moment" instead of spending colleagues' calls.
 * ``GET /api/v1/apps/{app}/lesson-schedules?employee=&status=`` and
   ``GET /api/v1/apps/{app}/lesson-schedules/{id}/embed?employee=``: portal back-ends with a
   bearer credential, server to server. No CORS headers and no successful ``OPTIONS``
@@ -31,12 +33,21 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import embed
-from gateway.errors import Forbidden, GatewayError, NotFound
+from gateway.call_context import CallContext, lms_calls
+from gateway.errors import (
+    BudgetExhausted,
+    EmployeeBusy,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    StoreUnavailable,
+)
 from gateway.policy import profile_for
 from gateway.web import branding, embed_sign_in
 from gateway.web.responses import NO_STORE, gateway_error_response, services, single_param
 
 if TYPE_CHECKING:
+    from gateway.identity import Identity
     from gateway.services import AppRuntime, Services
     from gateway.store.base import Store
 
@@ -115,14 +126,55 @@ async def embed_page(request: Request) -> Response:
             # Not cached (first visit, or the cache expired): provision as a sign-in would.
             # The link minted on the way is dropped unused; it never leaves this process.
             account = (await runtime.provisioner.sign_in(identity, profile, None)).account
-        url = await embed.session_embed(
-            runtime.connector, app_name, account.user_id, request.path_params["id"]
-        )
+        url = await _employees_embed(svc, runtime, identity, account.user_id,
+                                     request.path_params["id"])
         return RedirectResponse(url, status_code=303, headers=headers)
     except GatewayError as exc:
         response = gateway_error_response(request, exc)
         response.headers.update(embed.embed_headers(svc.settings.portal, app_name))
         return response
+
+
+def frames_share_key(identity: Identity) -> str:
+    """Whom the budget charges an employee's lesson frames to: the hash the Provisioner keys
+    its account cache and its sign-ins' share by (never an e-mail address or a raw subject),
+    marked as the frames' own share of the same size. Separate, so signing in and then
+    opening a lesson or two within a minute never meets the "just a moment" page, while one
+    employee still spends at most two small shares a minute."""
+    return hashlib.sha256(identity.key.encode()).hexdigest() + ":frames"
+
+
+async def _employees_embed(
+    svc: Services, runtime: AppRuntime, identity: Identity, user_id: str, schedule_id: str
+) -> str:
+    """Mint the player URL as this employee's calls: all of them are reserved up front and
+    charged to their frames' share (EmployeeBusy past it), as a sign-in's are to theirs, so
+    one employee reloading the frame (or a script holding their frame's grant) cannot spend
+    the app's LMS budget. The sign-in deadline bounds the wait."""
+    budget = runtime.budget
+    ctx = CallContext(
+        deadline=budget.clock() + runtime.settings.budget.sign_in_deadline_seconds,
+        employee=frames_share_key(identity),
+    )
+    with lms_calls(ctx):
+        try:
+            try:
+                # Only the first call of a context is charged to the share (later ones are
+                # "continuing"): reserving them all at once charges every one.
+                await budget.reserve(ctx, embed.EMBED_CALLS)
+            except BudgetExhausted as exc:
+                counter = (svc.metrics.employee_busy if isinstance(exc, EmployeeBusy)
+                           else svc.metrics.budget_exhausted)
+                counter.labels(runtime.name).inc()
+                raise
+            return await embed.session_embed(runtime.connector, runtime.name, user_id,
+                                             schedule_id)
+        finally:
+            if ctx.prepaid:  # a queue ticket may hand over more calls than the one spent
+                try:
+                    await budget.release(ctx)
+                except StoreUnavailable:
+                    pass  # unspent tokens then mature unused: errs on the LMS's side
 
 
 def _sign_in_page(request: Request, svc: Services, runtime: AppRuntime) -> Response:

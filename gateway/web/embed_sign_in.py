@@ -17,7 +17,6 @@ routes read them.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway import embed
+from gateway import embed, jsonsafe
 from gateway.embed_grants import CookieBlocked, EmbedSignIns
 from gateway.errors import BadRequest, Forbidden, GatewayError, LoginStateError
 from gateway.identity import Identity
@@ -104,8 +103,8 @@ async def _json(request: Request, svc: Services) -> dict[str, str]:
         if len(body) > _MAX_JSON:
             raise BadRequest("embed sign-in: body too large")
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = jsonsafe.loads(body, max_depth=jsonsafe.BODY_DEPTH)
+    except ValueError:  # JsonRejected, deep nesting included: a 400, never a 500
         raise BadRequest("embed sign-in: body is not JSON") from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise BadRequest("embed sign-in: body must be an object of strings")

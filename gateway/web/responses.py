@@ -22,6 +22,7 @@ from gateway.errors import (
     NotFound,
     TooManyPendingLogins,
 )
+from gateway.identity import Profile
 from gateway.observability import log_event
 from gateway.web.error_pages import kind_of
 
@@ -80,7 +81,9 @@ def gateway_error_response(
     headers = dict(NO_STORE)
     if isinstance(exc, BudgetExhausted | LmsRateLimited | TooManyPendingLogins):
         retry = math.ceil(getattr(exc, "retry_after", None) or 30)
-        headers["Retry-After"] = str(max(1, min(retry, 120)))
+        # Up to 10 minutes: a queued employee's place is kept (queue ticket) until their
+        # calls are ready, so coming back earlier only costs page loads.
+        headers["Retry-After"] = str(max(1, min(retry, 600)))
     if request.url.path.startswith("/api/"):
         body = {"error": exc.code, "message": exc.public, "reference": reference}
         return JSONResponse(body, status_code=exc.status, headers=headers)
@@ -121,10 +124,16 @@ def _number_in_line(exc: BudgetExhausted, runtime: AppRuntime | None) -> int | N
     position = getattr(exc, "position", None)
     if not isinstance(position, int) or position <= 0:
         return None
-    per_sign_in = getattr(runtime.connector, "first_sign_in_calls", 1) if runtime else 1
+    estimate = getattr(runtime.connector, "first_sign_in_calls", None) if runtime else None
+    # What a first sign-in of someone with no groups costs: those ahead are mostly new
+    # employees in a rush (an estimate; returning ones cost 1 call and move faster).
+    per_sign_in = estimate(_NOBODY) if callable(estimate) else 1
     if not isinstance(per_sign_in, int) or per_sign_in < 1:
         per_sign_in = 1
     return math.ceil(position / per_sign_in) + 1
+
+
+_NOBODY = Profile(email="", first_name="", last_name="", username="")
 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:

@@ -31,15 +31,19 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.http_transport import AiohttpTransport
+
 _upstream: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
     "bench_upstream", default=None
 )
 
 
 def _instrument_httpx() -> None:
-    original = httpx.AsyncHTTPTransport.handle_async_request
+    # The gateway's clients send through its own aiohttp-backed transport, not httpx's default
+    # one: time that, or the "own" figures would include the IdP's and the LMS's time.
+    original = AiohttpTransport.handle_async_request
 
-    async def timed(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
+    async def timed(self: AiohttpTransport, request: httpx.Request) -> httpx.Response:
         acc = _upstream.get()
         started = time.perf_counter()
         response = None
@@ -54,7 +58,7 @@ def _instrument_httpx() -> None:
                 peer = response.headers.get("x-bench-peer-us") if response is not None else None
                 acc[1] += int(peer) / 1e6 if peer and peer.isdigit() else 0.0
 
-    httpx.AsyncHTTPTransport.handle_async_request = timed  # type: ignore[method-assign]
+    AiohttpTransport.handle_async_request = timed  # type: ignore[method-assign]
 
 
 class Timing:
