@@ -31,7 +31,6 @@ from gateway.errors import (
     NotFound,
     PrivilegedAccount,
     ReplayDetected,
-    SignOutRefused,
     StoreUnavailable,
     TooManyPendingLogins,
     UnsafeTarget,
@@ -41,11 +40,12 @@ from gateway.observability import audit, log_event
 from gateway.policy import profile_for
 from gateway.settings import SamlIdpSettings
 from gateway.targets import check_return_to, check_target, safe_return_to
-from gateway.web import confirm
+from gateway.web import confirm, sign_out
 from gateway.web.responses import (
     NO_STORE,
     gateway_error_response,
     reject_repeated,
+    same_origin_post,
     services,
     small_form,
 )
@@ -194,7 +194,7 @@ async def saml_confirm(request: Request) -> Response:
     """``POST /auth/{idp}/confirm``: Continue or Cancel a held IdP-initiated sign-in."""
     svc = services(request)
     door = confirm.saml_door(request)
-    if not _same_origin_post(request, svc):
+    if not same_origin_post(request, svc):
         raise BadRequest("cross-site sign-in confirmation refused")
     form = await small_form(request, 4096)
     browser_token = svc.sessions.login_binding(request)
@@ -356,82 +356,6 @@ async def launch(
     return RedirectResponse(url, status_code=303, headers=NO_STORE)
 
 
-# -- logout ----------------------------------------------------------------------------------
-
-
-async def logout_page(request: Request) -> Response:
-    svc = services(request)
-    session = await svc.sessions.load(request)
-    if session is None:
-        return svc.pages.render(request, "signed_out.html")
-    # same-origin (not no-referrer) so the browser sends our real Origin with the POST.
-    return svc.pages.render(
-        request,
-        "logout.html",
-        headers={"Referrer-Policy": "same-origin"},
-        csrf=svc.sessions.csrf_token(session),
-        identity=session.identity,
-    )
-
-
-async def logout(request: Request) -> Response:
-    """``POST /logout``: same-origin only, with the session's CSRF token."""
-    svc = services(request)
-    if not _same_origin_post(request, svc):
-        raise SignOutRefused("cross-site logout refused")
-    session = await svc.sessions.load(request)
-    form = await small_form(request, 4096)
-    if session is not None and not svc.sessions.csrf_ok(session, form.get("csrf")):
-        raise SignOutRefused("logout without a valid CSRF token")
-    end_url = None
-    if session is not None:
-        door = svc.front_doors.get(session.identity.idp)
-        idp_settings = svc.settings.idp.get(session.identity.idp)
-        if isinstance(door, OidcFrontDoor) and getattr(idp_settings, "end_session", False):
-            end_url = door.end_session_url(
-                f"{svc.settings.gateway.public_url.rstrip('/')}/signed-out"
-            )
-    response: Response = (
-        RedirectResponse(end_url, status_code=303, headers=NO_STORE)
-        if end_url
-        else RedirectResponse("/signed-out", status_code=303, headers=NO_STORE)
-    )
-    if session is not None and svc.links is not None:
-        # Signing out ends reuse of the employee's links on every app (all their browsers).
-        await svc.links.forget(session.identity, svc.apps)
-    await svc.sessions.end(response, session)
-    return response
-
-
-async def signed_out(request: Request) -> Response:
-    return services(request).pages.render(request, "signed_out.html")
-
-
-def _same_origin_post(request: Request, svc: Services) -> bool:
-    """Whether a state-changing POST came from one of our own pages.
-
-    Judged from every signal browsers send, strongest first. Fetch Metadata
-    (``Sec-Fetch-Site``, all current browsers) is authoritative when present. A real
-    ``Origin`` must be ours. ``Origin: null`` is what Chromium and Firefox send for a form
-    posted from a page whose referrer policy is ``no-referrer`` (and what sandboxed frames
-    send): it proves nothing either way, so the caller's CSRF token (bound to the session)
-    decides. Without either header (old browsers), a Referer on our origin is required.
-    """
-    public = svc.settings.gateway.public_url.rstrip("/")
-    fetch_site = request.headers.get("sec-fetch-site")
-    origin = request.headers.get("origin")
-    if fetch_site is not None:
-        # "none" is a user-initiated navigation (typed URL, bookmark), never a cross-site form.
-        same = fetch_site in ("same-origin", "none")
-        return same and (origin is None or origin in ("null", public))
-    if origin is not None and origin != "null":
-        return origin == public
-    if origin == "null":
-        return True
-    referer = request.headers.get("referer", "")
-    return referer == public or referer.startswith(public + "/")
-
-
 # -- operations ------------------------------------------------------------------------------
 
 
@@ -456,7 +380,5 @@ def routes() -> list[BaseRoute]:
         Route("/auth/{idp}/confirm", confirm.confirm_page, methods=["GET"]),
         Route("/auth/{idp}/confirm", saml_confirm, methods=["POST"]),
         Route("/auth/{idp}/metadata", saml_metadata),
-        Route("/logout", logout_page, methods=["GET"]),
-        Route("/logout", logout, methods=["POST"]),
-        Route("/signed-out", signed_out),
+        *sign_out.routes(),
     ]

@@ -241,3 +241,28 @@ async def small_form(request: Request, limit: int) -> dict[str, str]:
             raise BadRequest(f"duplicate form field {key[:32]!r}")
         result[key] = value
     return result
+
+
+def same_origin_post(request: Request, svc: Services) -> bool:
+    """Whether a state-changing POST came from one of our own pages.
+
+    Judged from every signal browsers send, strongest first. Fetch Metadata
+    (``Sec-Fetch-Site``, all current browsers) is authoritative when present. A real
+    ``Origin`` must be ours. ``Origin: null`` is what Chromium and Firefox send for a form
+    posted from a page whose referrer policy is ``no-referrer`` (and what sandboxed frames
+    send): it proves nothing either way, so the caller's CSRF token (bound to the session)
+    decides. Without either header (old browsers), a Referer on our origin is required.
+    """
+    public = svc.settings.gateway.public_url.rstrip("/")
+    fetch_site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    if fetch_site is not None:
+        # "none" is a user-initiated navigation (typed URL, bookmark), never a cross-site form.
+        same = fetch_site in ("same-origin", "none")
+        return same and (origin is None or origin in ("null", public))
+    if origin is not None and origin != "null":
+        return origin == public
+    if origin == "null":
+        return True
+    referer = request.headers.get("referer", "")
+    return referer == public or referer.startswith(public + "/")
