@@ -115,7 +115,7 @@ def main() -> None:
     if args.plain:
         os.environ["BENCH_PLAIN"] = "1"
     sock = socket.socket(fileno=args.fd)
-    # The same uvicorn options as `gateway serve` (gateway/cli.py).
+    # The same uvicorn options as `gateway serve` (gateway/serve.py).
     config = uvicorn.Config(
         "tests.bench.gateway_proc:factory",
         factory=True,
