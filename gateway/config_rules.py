@@ -96,6 +96,13 @@ def _scim_problems(settings: Settings, known: Collection[str]) -> list[str | Non
             problems.append(f"{key}.token_hashes: at least one (see gateway scim-token)")
         if not idp.scim.apps:
             problems.append(f"{key}.apps: name the apps this IdP provisions")
+        if not idp.email_domains:
+            # Without domains a SCIM client could manage every account of the LMS tenant,
+            # including people another IdP vouches for through another app on that tenant.
+            problems.append(
+                f"idp.{name}.email_domains: required for SCIM provisioning (the people this "
+                "IdP's SCIM client may manage)"
+            )
         for app_name in idp.scim.apps:
             app = settings.app.get(app_name)
             if app is None:

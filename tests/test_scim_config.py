@@ -52,6 +52,15 @@ def test_every_scim_problem_is_reported(tmp_path: Any) -> None:
     assert any("token_hashes" in p for p in problems(data))
 
 
+def test_a_scim_idp_must_be_scoped_to_its_email_domains(tmp_path: Any) -> None:
+    """Without domains its SCIM client could manage every account of the LMS tenant, also
+    people another IdP vouches for through another app on the same tenant."""
+    data = copy.deepcopy(config(tmp_path))
+    data["idp"]["demo-oidc"]["email_domains"] = []
+    assert any(p.startswith("idp.demo-oidc.email_domains: required for SCIM provisioning")
+               for p in problems(data))
+
+
 def test_authenticate(tmp_path: Any) -> None:
     idps = parse_settings(config(tmp_path), ENV).idp
     assert authenticate(f"Bearer {SCIM_TOKENS['demo-saml']}", idps, "litmos") == "demo-saml"
