@@ -17,6 +17,7 @@ say() { echo "==> $*"; }
 die() { echo "scripts/setup.sh: $*" >&2; exit 1; }
 
 with_test=false
+no_chromium=""  # set with the reason when Chromium cannot be installed
 case "${1:-}" in
   --test) with_test=true ;;
   "") ;;
@@ -49,15 +50,26 @@ if $with_test; then
   # ports; the system apache2.service is disabled again like simplesamlphp's (see below).
   packages+=(apache2 libapache2-mod-auth-openidc libapache2-mod-auth-mellon)
   # LemonLDAP::NG, the second OIDC + SAML IdP (tests/support/lemonldap.py): its portal, Lasso, and
-  # the modules the portal loads at start-up that Debian lists only as Recommends.
+  # the modules the portal loads at start-up that Debian lists only as Recommends. Crypt::JWT:
+  # the OpenID Provider of LemonLDAP::NG 2.18 (Ubuntu 24.04) needs it; 2.16 (Debian 12) does not.
   packages+=(liblemonldap-ng-portal-perl liblasso-perl libgd-securityimage-perl
-    libimage-magick-perl libxml-simple-perl libstring-random-perl libio-string-perl)
+    libimage-magick-perl libxml-simple-perl libstring-random-perl libio-string-perl
+    libcrypt-jwt-perl)
   case "$os_id" in
     # Ubuntu ships Chromium only as a snap; these transitional packages install it (and
-    # /usr/bin/chromedriver) through snapd, which a normal Ubuntu machine runs.
+    # /usr/bin/chromedriver) through snapd, which a normal Ubuntu machine runs. Without a
+    # running snapd (a container or chroot) their install "succeeds" but leaves wrappers that
+    # point at a missing snap, so say so instead: the browser tests will then fail.
     *ubuntu*)
-      { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 \
-        || packages+=(chromium-browser chromium-chromedriver) ;;
+      if { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+        :
+      elif [ -S /run/snapd.socket ]; then
+        packages+=(chromium-browser chromium-chromedriver)
+      else
+        no_chromium="Chromium was NOT installed: Ubuntu ships it only as a snap and snapd is not
+  running here (a container or chroot?). The tests that start Chromium will fail until
+  'chromium' and 'chromedriver' are on PATH: on a machine that runs snapd, run this again."
+      fi ;;
     *) packages+=(chromium chromium-driver) ;;
   esac
   # Keep a Node.js that is already there (e.g. from NodeSource); otherwise the distribution's.
@@ -167,4 +179,5 @@ if $with_test; then
     echo "$lock_sum" > "$stamp"
   fi
 fi
+[ -z "$no_chromium" ] || echo "scripts/setup.sh: warning: $no_chromium" >&2
 say "set-up complete"

@@ -14,13 +14,16 @@
 #     --ca-file FILE   trust FILE (PEM) in the new root too, as a company would install its
 #                      TLS proxy's CA; scripts/setup.sh makes pip and npm use the system store
 #     --keep           keep the root afterwards (it is unmounted either way)
+#     --no-browser     deselect the tests that start Chromium (those using a selenium browser
+#                      fixture). Implied by --suite noble: Ubuntu's Chromium is a snap, and snapd
+#                      cannot run in a chroot (scripts/setup.sh then says it did not install it)
 #
 # Needs root, ~3 GB of disk and network access to the mirror, PyPI and the npm registry. The
 # chroot shares this machine's network: the tests bind 127.0.0.1 on free ports only.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
-suite=bookworm mirror="" target="" keep=false overlays=() ca_files=()
+suite=bookworm mirror="" target="" keep=false no_browser=false overlays=() ca_files=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --suite) suite=$2; shift 2 ;;
@@ -29,6 +32,7 @@ while [ $# -gt 0 ]; do
     --overlay) overlays+=("$2"); shift 2 ;;
     --ca-file) ca_files+=("$2"); shift 2 ;;
     --keep) keep=true; shift ;;
+    --no-browser) no_browser=true; shift ;;
     --) shift; break ;;
     *) echo "unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
   esac
@@ -52,6 +56,7 @@ deb $mirror bookworm-updates main
 deb $security bookworm-security main" ;;
   noble)
     mirror=${mirror:-http://archive.ubuntu.com/ubuntu}
+    no_browser=true
     debootstrap_args+=(--components=main,universe)
     # Debian has no Ubuntu archive keyring package: without the key, the Release files cannot
     # be verified (say so instead of silently trusting them).
@@ -103,6 +108,11 @@ for fs in proc sys dev dev/pts dev/shm; do
   esac
   mounted+=("$target/$fs")
 done
+# Ubuntu's base system already has ca-certificates (Debian's minimal one gets it from setup.sh,
+# whose install runs this), so fold the copied CA into the system store as an admin would.
+if [ "${#ca_files[@]}" -gt 0 ] && [ -x "$target/usr/sbin/update-ca-certificates" ]; then
+  chroot "$target" /usr/sbin/update-ca-certificates >/dev/null
+fi
 
 echo "==> clean clone of $(git -C "$repo" rev-parse --short HEAD) into $target/root/gateway"
 git clone -q "$repo" "$target/root/gateway"
@@ -116,9 +126,38 @@ in_root() {
   chroot "$target" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
+pytest_env=()
+if $no_browser; then
+  # A pytest plugin outside the clone: it deselects (pytest counts them as "deselected") every
+  # test that asks for a browser fixture, and lists them, so the report says what did not run.
+  mkdir -p "$target/root/verify-plugins"
+  cat > "$target/root/verify-plugins/deselect_browser.py" <<'PY'
+import pytest
+
+BROWSER_FIXTURES = {"chrome", "chromium", "tls_chrome"}
+deselected: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    browser = [i for i in items if BROWSER_FIXTURES & set(getattr(i, "fixturenames", ()))]
+    if browser:
+        config.hook.pytest_deselected(items=browser)
+        items[:] = [i for i in items if i not in browser]
+        deselected.extend(i.nodeid for i in browser)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if deselected:
+        terminalreporter.section(f"{len(deselected)} tests that start Chromium were deselected")
+        for nodeid in deselected:
+            terminalreporter.write_line(nodeid)
+PY
+  pytest_env=(PYTHONPATH=/root/verify-plugins PYTEST_ADDOPTS="-p deselect_browser")
+fi
 echo "==> $(in_root sh -c '. /etc/os-release; echo "$PRETTY_NAME"'): cd gateway && scripts/test.sh $*"
 status=0
-in_root bash -c 'cd /root/gateway && nice -n 19 scripts/test.sh "$@"' test.sh "$@" || status=$?
+in_root "${pytest_env[@]}" bash -c 'cd /root/gateway && nice -n 19 scripts/test.sh "$@"' test.sh "$@" \
+  || status=$?
 echo "==> scripts/test.sh exited with $status after $(( $(date +%s) - started )) s (including debootstrap)"
 
 echo "==> second run of scripts/setup.sh --test (must install nothing)"
