@@ -4,6 +4,7 @@ clicks through the demo as a newcomer would and lands on the LMS simulator's pag
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.sandbox.demo import DemoStack
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Debian: /usr/bin/chromium. Ubuntu's snap: /snap/bin/chromium, which sudo and some CI
+# environments leave off PATH.
+CHROMIUM = (shutil.which("chromium") or shutil.which("chromium-browser")
+            or next((p for p in ("/usr/bin/chromium", "/snap/bin/chromium")
+                     if os.path.exists(p)), "/usr/bin/chromium"))
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
