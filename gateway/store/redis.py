@@ -28,42 +28,6 @@ from gateway.store.redis_connect import RedisConnection
 
 T = TypeVar("T")
 
-# KEYS[1] bucket; ARGV: per_minute, capacity, max_wait. Returns {wait, tokens left, taken} as
-# strings (Lua numbers become integers in Redis replies). Same arithmetic as
-# MemoryStore.take_token: a token that matures within max_wait is reserved (the bucket goes
-# below zero), so waiters are served in the order they reached Redis.
-_TAKE_TOKEN = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local per_minute = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local max_wait = tonumber(ARGV[3]) or 0
-local h = redis.call('HMGET', KEYS[1], 'tokens', 'last', 'paused')
-local tokens = tonumber(h[1]) or capacity
-local last = tonumber(h[2]) or now
-local paused = tonumber(h[3]) or 0
-if now < paused then
-  return {string.format('%.17g', paused - now), '0', '0'}
-end
-local rate = per_minute / 60
-tokens = math.min(capacity, tokens + (now - math.max(last, paused)) * rate)
-local wait = 0
-local taken = '1'
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  if rate > 0 then wait = (1 - tokens) / rate else wait = 60 end
-  if wait <= max_wait then tokens = tokens - 1 else taken = '0' end
-end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
-  'last', string.format('%.17g', now), 'paused', string.format('%.17g', paused))
--- Once the bucket would be full again its state is the same as no state: let it expire.
-local full_in = 3600
-if rate > 0 then full_in = (capacity - tokens) / rate end
-redis.call('PEXPIRE', KEYS[1], math.ceil(full_in * 1000) + 1000)
-return {string.format('%.17g', wait), string.format('%.17g', tokens), taken}
-"""
-
 # KEYS[1] bucket; ARGV: seconds. Empty the bucket and hold it empty (never shorten a pause).
 _PAUSE = """
 local t = redis.call('TIME')
@@ -91,9 +55,12 @@ end
 return v
 """
 
-# KEYS[1] bucket; ARGV: per_minute, capacity, count, max_wait, floor ('' for none). Same
-# arithmetic as MemoryStore.take_tokens: ``count`` tokens at once, reserved when the last one
-# matures within max_wait; with a floor only taken when there now with ``floor`` left over.
+# KEYS[1] bucket; ARGV: per_minute, capacity, count, max_wait, floor ('' for none). Returns
+# {wait, tokens left, taken} as strings (Lua numbers become integers in Redis replies). Same
+# arithmetic as MemoryStore.take_tokens: ``count`` tokens at once, reserved (the bucket goes
+# below zero, so waiters are served in the order they reached Redis) when the last one matures
+# within max_wait; with a floor only taken when there now with ``floor`` left over. Once the
+# bucket would be full again its state is the same as no state: it is left to expire.
 _TAKE_TOKENS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -239,7 +206,6 @@ class RedisStore:
             health_check_interval=health_check_interval,
         )
         self._redis = self._connection.redis
-        self._take = self._redis.register_script(_TAKE_TOKEN)
         self._pause = self._redis.register_script(_PAUSE)
         self._incr = self._redis.register_script(_INCR)
 
@@ -287,12 +253,8 @@ class RedisStore:
     async def take_token(
         self, key: str, per_minute: float, capacity: float, max_wait: float = 0.0
     ) -> tuple[float, float, bool]:
-        args = [repr(per_minute), repr(capacity), repr(max_wait)]
-        answer = await self._run(
-            "take_token", lambda: self._take(keys=[self._k(key)], args=args)
-        )
-        wait, tokens, taken = answer
-        return float(wait), float(tokens), str(taken) in ("1", "b'1'")
+        # One token is take_tokens' case count=1 without a floor (one script, one arithmetic).
+        return await self.take_tokens(key, per_minute, capacity, 1, max_wait)
 
     @cached_property
     def _take_n(self) -> AsyncScript:
