@@ -1,4 +1,4 @@
-"""Regression tests for the findings of the independent review (hrev) of the SCIM, embed
+"""Regression tests for the findings of the independent review of the SCIM, embed
 sign-in, link reuse, budget and page changes: each shows a bug a user or an attacker would
 notice, fixed since. Finding 1 (SCIM budget livelock) still fails until the lead fixes it.
 Deep-JSON entry points the browser cannot reach (IdP and LMS answers) are in
