@@ -1,6 +1,7 @@
 """Regression tests for the findings of the independent review of the SCIM, embed
 sign-in, link reuse, budget and page changes: each shows a bug a user or an attacker would
-notice, fixed since. Finding 1 (SCIM budget livelock) still fails until the lead fixes it.
+notice, fixed since (finding 1, a SCIM request that could never finish under the budget,
+included).
 Deep-JSON entry points the browser cannot reach (IdP and LMS answers) are in
 tests/test_jsonsafe.py."""
 
