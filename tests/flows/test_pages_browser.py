@@ -153,8 +153,12 @@ def pick(driver: webdriver.Chrome, start: str, idp_label: str, email: str) -> st
     wait = WebDriverWait(driver, 30)
     driver.get(start)
     wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, idp_label))).click()
-    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"button[data-email='{email}']")))
-    driver.find_element(By.CSS_SELECTOR, f"button[data-email='{email}']").click()
+    button = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, f"button[data-email='{email}']"))
+    )
+    button.click()
+    # The IdP's page has an h1 too: wait until it is gone before reading the next page.
+    wait.until(ec.staleness_of(button))
     wait.until(lambda d: d.find_elements(By.TAG_NAME, "h1") or "Signed in" in d.page_source)
     return str(driver.find_element(By.TAG_NAME, "body").text)
 
@@ -176,7 +180,11 @@ async def test_error_pages_a_person_can_reach_say_what_happened_and_what_next(
         wait = WebDriverWait(driver, 30)
         driver.delete_all_cookies()
         driver.get(f"{demo.gateway_url}/login/litmos?idp=demo-oidc")
-        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button[value='cancel']"))).click()
+        button = wait.until(
+            ec.element_to_be_clickable((By.CSS_SELECTOR, "button[value='cancel']"))
+        )
+        button.click()
+        wait.until(ec.staleness_of(button))  # the IdP's page (it has an h1 too) is gone
         wait.until(ec.presence_of_element_located((By.TAG_NAME, "h1")))
         return str(driver.find_element(By.TAG_NAME, "body").text)
 
