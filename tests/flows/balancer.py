@@ -106,6 +106,19 @@ class ReplicaProxy:
         self.hits: list[ProxyHit] = []
         self._client: httpx.AsyncClient | None = None
 
+    async def _send_retrying_stale(
+        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> httpx.Response:
+        """Send once; when a kept-alive connection breaks before any answer (the replica closed
+        it just as the request went out, which a loaded machine makes likelier than the
+        keep-alive expiry below suggests), send once more, as browsers and load balancers do
+        for a request that never reached the application."""
+        assert self._client is not None
+        try:
+            return await self._client.request(method, url, headers=headers, content=body)
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+            return await self._client.request(method, url, headers=headers, content=body)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -145,9 +158,7 @@ class ReplicaProxy:
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
         try:
-            upstream = await self._client.request(
-                scope["method"], url, headers=headers, content=body
-            )
+            upstream = await self._send_retrying_stale(scope["method"], url, headers, body)
         except httpx.HTTPError as exc:
             # What a load balancer answers when a replica fails it; named so a test says why.
             self.hits.append(ProxyHit(name, scope["method"], scope["path"], 502))
