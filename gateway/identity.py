@@ -36,6 +36,12 @@ class Identity:
         """Stable key for this employee across sign-ins: IdP name plus its subject."""
         return f"{self.idp}\x1f{self.subject}"
 
+    @property
+    def key_digest(self) -> str:
+        """The employee in store key names and budget shares: a hash, so the store never
+        holds raw subjects or e-mail addresses and hostile subjects cannot shape keys."""
+        return hashlib.sha256(self.key.encode()).hexdigest()
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:

@@ -102,9 +102,7 @@ class Provisioner:
         self._monotonic = budget.clock if budget is not None else time.monotonic
 
     def _keys(self, identity: Identity) -> tuple[str, str]:
-        # Hashed so the store never holds raw IdP subjects or e-mail addresses in key names,
-        # and so hostile subjects cannot shape keys (length, separators).
-        digest = hashlib.sha256(identity.key.encode()).hexdigest()
+        digest = identity.key_digest
         return f"account:{self.app_name}:{digest}", f"account-lock:{self.app_name}:{digest}"
 
     @property
@@ -121,7 +119,7 @@ class Provisioner:
         key, lock_key = self._keys(identity)
         ctx = CallContext(
             deadline=self._monotonic() + self._deadline,
-            employee=key.rsplit(":", 1)[1],  # the hashed identity key, never an e-mail
+            employee=identity.key_digest,  # a hash, never an e-mail
             on_effect=self._auditor(identity),
         )
         with lms_calls(ctx):

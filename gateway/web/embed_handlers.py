@@ -141,7 +141,7 @@ def frames_share_key(identity: Identity) -> str:
     marked as the frames' own share of the same size. Separate, so signing in and then
     opening a lesson or two within a minute never meets the "just a moment" page, while one
     employee still spends at most two small shares a minute."""
-    return hashlib.sha256(identity.key.encode()).hexdigest() + ":frames"
+    return identity.key_digest + ":frames"
 
 
 async def _employees_embed(
